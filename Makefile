@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`. Each does its own set-up.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= out
+
+.PHONY: demo test check setup setup-lab setup-test system-deps bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup-lab: $(BIN)/python
+	$(BIN)/pip install -q -e '.[lab]'
+
+setup-test: $(BIN)/python system-deps
+	$(BIN)/pip install -q -e '.[test]'
+
+# promtool and prometheus (tests start them on 127.0.0.1); jq for the benchmark.
+system-deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v jq >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus jq; }
+
+demo: setup-lab
+	$(BIN)/wslog lab run h1 h2 h2-no-allow-connect --out $(OUT)/lab
+	$(BIN)/wslog analyze $(OUT)/lab
+
+check: setup-test
+	$(BIN)/ruff check analyzer exporter wslog tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: check
+	$(BIN)/python -m pytest -q
+
+bench: setup-test
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

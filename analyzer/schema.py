@@ -1,0 +1,80 @@
+"""Declared polars schemas: the contracts between the pipeline's stages.
+
+lines (framing) ──▶ entries (decode) ──▶ connections (correlate + classify)
+
+A stage returns a frame with exactly its output schema (``conform`` enforces it), so a later
+stage never has to guess whether a column exists or what type it has.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+UTC_US = pl.Datetime("us", "UTC")
+
+# One framed log line: what a source produced, before any access-log decoding.
+LINE_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),  # file path, or namespace/pod[/container] for kubectl --prefix and k8s
+    "line_no": pl.Int64(),  # 1-based physical line of the line's first fragment in its source
+    "log_time": UTC_US,  # kubelet / CRI / docker timestamp when the framing has one
+    "text": pl.String(),  # the payload, framing removed, no trailing newline
+}
+
+# One decoded access-log entry. Missing values (JSON null, "-" in TEXT) are null.
+ENTRY_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "line_no": pl.Int64(),
+    "log_time": UTC_US,
+    "format": pl.String(),  # name of the format that decoded the line, e.g. "istio-json"
+    "start_time": UTC_US,
+    "method": pl.String(),
+    "path": pl.String(),
+    "protocol": pl.String(),  # downstream protocol: "HTTP/1.1", "HTTP/2", null for TCP
+    "response_code": pl.Int32(),  # 0 when Envoy sent no response
+    "response_flags": pl.String(),  # e.g. "UC", "UF,URX"; null when "-"
+    "response_code_details": pl.String(),
+    "connection_termination_details": pl.String(),
+    "upstream_transport_failure_reason": pl.String(),
+    "bytes_received": pl.Int64(),
+    "bytes_sent": pl.Int64(),
+    "duration_ms": pl.Int64(),
+    "upstream_service_time_ms": pl.Int64(),
+    "x_forwarded_for": pl.String(),
+    "user_agent": pl.String(),
+    "request_id": pl.String(),
+    "authority": pl.String(),
+    "upstream_host": pl.String(),
+    "upstream_cluster": pl.String(),
+    "upstream_local_address": pl.String(),
+    "downstream_local_address": pl.String(),
+    "downstream_remote_address": pl.String(),
+    "requested_server_name": pl.String(),
+    "route_name": pl.String(),
+    # Present only when the format carries them (custom formats, wslog's access-log EnvoyFilter).
+    "upstream_protocol": pl.String(),  # %UPSTREAM_PROTOCOL%
+    "access_log_type": pl.String(),  # %ACCESS_LOG_TYPE%: DownstreamStart/Periodic/End, ...
+    "upgrade": pl.String(),  # %REQ(UPGRADE)%
+    "connection_id": pl.Int64(),  # %CONNECTION_ID%
+}
+
+# A malformed line: counted, reported with file:line, never fatal unless --strict.
+REJECT_SCHEMA: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "line_no": pl.Int64(),
+    "reason": pl.String(),  # analyzer.vocab.RejectReason
+    "detail": pl.String(),  # short human text, bounded
+    "excerpt": pl.String(),  # the line's first 200 characters
+}
+
+
+def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Select exactly ``schema``'s columns in order, adding missing ones as nulls and casting."""
+    exprs = [
+        (pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name)
+        for name, dtype in schema.items()
+    ]
+    return frame.select(exprs)
+
+
+def empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)

@@ -1,0 +1,146 @@
+"""The shared vocabulary (DESIGN.md section 2).
+
+These strings are an API: CLI tables, JSON documents, metric labels, dashboards and alerts all
+use them verbatim, so they live in one place as closed enums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Side(StrEnum):
+    CLIENT = "client"
+    SERVER = "server"
+    GATEWAY = "gateway"
+
+
+class UpgradePath(StrEnum):
+    H1_H1 = "h1-h1"
+    H1_H2 = "h1-h2"
+    H2_H1 = "h2-h1"
+    H2_H2 = "h2-h2"
+    UNKNOWN = "unknown"
+
+
+class Outcome(StrEnum):
+    UPGRADED = "upgraded"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    OPEN = "open"
+
+
+class Cause(StrEnum):
+    NONE = ""
+    H2_CONNECT_NOT_ALLOWED = "h2-connect-not-allowed"
+    UPSTREAM_CONNECT_FAILURE = "upstream-connect-failure"
+    NO_HEALTHY_UPSTREAM = "no-healthy-upstream"
+    NO_ROUTE = "no-route"
+    UPSTREAM_TIMEOUT = "upstream-timeout"
+    UPSTREAM_RESET = "upstream-reset"
+    DOWNSTREAM_DISCONNECT = "downstream-disconnect"
+    APP_REFUSED = "app-refused"
+    APP_DID_NOT_UPGRADE = "app-did-not-upgrade"
+    OTHER = "other"
+
+
+class Pairing(StrEnum):
+    PAIRED = "paired"
+    CLIENT_ONLY = "client-only"
+    SERVER_ONLY = "server-only"
+
+
+class LineResult(StrEnum):
+    """Every input line is exactly one of these."""
+
+    ENTRY = "entry"
+    NOT_ACCESS_LOG = "not_access_log"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    summary: str
+    remedy: str
+
+
+EXPLANATIONS: dict[Cause, Explanation] = {
+    Cause.H2_CONNECT_NOT_ALLOWED: Explanation(
+        "The sidecar-to-sidecar hop was upgraded to HTTP/2 (DestinationRule h2UpgradePolicy: "
+        "UPGRADE) but the server sidecar does not accept extended CONNECT (RFC 8441), so it reset "
+        "the stream (DPE, http2.invalid.header.field) and the client sidecar answered 503.",
+        "Apply an EnvoyFilter on the server workload that merges "
+        "http2_protocol_options.allow_connect: true into its SIDECAR_INBOUND "
+        "http_connection_manager (Istio >= 1.12), or set the DestinationRule's "
+        "connectionPool.http.h2UpgradePolicy: DO_NOT_UPGRADE (the only fix before Istio 1.12).",
+    ),
+    Cause.UPSTREAM_CONNECT_FAILURE: Explanation(
+        "The server sidecar could not open a connection to the application (UF/URX): the app is "
+        "not listening on the target port, crashed, or refuses connections.",
+        "Check that the container listens on the Service's targetPort (kubectl get endpoints, "
+        "kubectl logs of the app); the port name/targetPort in the Service must match the app.",
+    ),
+    Cause.NO_HEALTHY_UPSTREAM: Explanation(
+        "Envoy had no healthy endpoint for the destination (UH): no ready pods, or all ejected by "
+        "outlier detection.",
+        "Check the Deployment's ready replicas and readiness probe, and the DestinationRule's "
+        "outlierDetection settings.",
+    ),
+    Cause.NO_ROUTE: Explanation(
+        "Envoy found no route or cluster for the request (NR/NC): the host or port is not known "
+        "to the mesh, or a VirtualService does not match.",
+        "Check the Service name and port the client dials, the VirtualService hosts and matches, "
+        "and the Sidecar resource's egress hosts.",
+    ),
+    Cause.UPSTREAM_TIMEOUT: Explanation(
+        "The upgrade request timed out before the application answered (UT), or the connection "
+        "hit an idle/stream timeout.",
+        "Raise the route timeout (VirtualService timeout: 0s disables it for WebSockets) or the "
+        "idle timeout (DestinationRule connectionPool.http.idleTimeout); send WebSocket pings.",
+    ),
+    Cause.UPSTREAM_RESET: Explanation(
+        "The upstream connection was reset before the upgrade completed (UR/UC before any "
+        "response, or a protocol error).",
+        "Check the application's logs for crashes or protocol errors and the server sidecar's "
+        "entry for the reset reason (response_code_details).",
+    ),
+    Cause.DOWNSTREAM_DISCONNECT: Explanation(
+        "The client went away before the upgrade completed (DC/DR before a 101).",
+        "Usually client-side: check client timeouts and network; nothing to change in the mesh.",
+    ),
+    Cause.APP_REFUSED: Explanation(
+        "The application answered the upgrade request with an error status (4xx/5xx "
+        "via_upstream): it refused the WebSocket.",
+        "Check the application's authentication, Origin checks and path routing for this "
+        "endpoint; the mesh delivered the request.",
+    ),
+    Cause.APP_DID_NOT_UPGRADE: Explanation(
+        "The application answered without switching protocols (websocket_handshake_unsuccessful):"
+        " the endpoint is not a WebSocket endpoint or the Upgrade header did not reach it.",
+        "Point the client at the WebSocket endpoint; check that no proxy in front of the app "
+        "strips Upgrade/Connection headers.",
+    ),
+    Cause.OTHER: Explanation(
+        "The upgrade failed for a reason wslog does not classify; see the entries' response "
+        "flags and response_code_details.",
+        "Read the client and server entries shown for this connection.",
+    ),
+}
+
+
+def explain(cause: Cause) -> Explanation | None:
+    """The explanation and remedy of a cause; ``None`` for the empty cause."""
+    return EXPLANATIONS.get(cause)
+
+
+class RejectReason(StrEnum):
+    """Why a line that looked like an access-log entry could not be decoded (bounded set)."""
+
+    INVALID_JSON = "invalid-json"
+    TRUNCATED = "truncated"
+    BAD_FIELD = "bad-field-value"
+    MISSING_FIELD = "missing-field"
+    FORMAT_MISMATCH = "format-mismatch"
+    BAD_FRAMING = "bad-framing"
+    ENCODING = "encoding"

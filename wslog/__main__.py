@@ -1,0 +1,3 @@
+from wslog.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""``wslog``: one typer app, one subcommand per capability."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="wslog",
+    help=(
+        "Explain WebSocket upgrades through Istio / Envoy sidecars from their access logs: "
+        "which sidecar-to-sidecar protocol each connection took, whether it worked, and why not."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Explain WebSocket upgrades through Istio / Envoy sidecars from their access logs."""
+
+
+@app.command()
+def version() -> None:
+    """Print wslog's version."""
+    from importlib.metadata import version as dist_version
+
+    typer.echo(dist_version("wslog"))
+
+
+# Subcommands register below, one line each.
+
+
+def main() -> None:
+    app()
