@@ -1,0 +1,77 @@
+"""Istio's default access-log formats, as Istio configures its sidecars.
+
+The lab configures its Envoys with these exact strings, and the decoder recognises them, so both
+sides of the project agree on what "Istio's default format" is. Generations of the TEXT format are
+kept because saved logs from old clusters are still analysed.
+"""
+
+from __future__ import annotations
+
+# Istio's default JSON encoding (meshConfig.accessLogEncoding: JSON): key -> Envoy operator.
+ISTIO_JSON_FORMAT: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%",
+    "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%",
+    "route_name": "%ROUTE_NAME%",
+}
+
+_HEAD = '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+_TAIL = (
+    '%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% '
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" '
+    '"%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% '
+    "%DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
+)
+
+# Istio's TEXT encoding by generation (newest last). The current one is what the lab writes.
+ISTIO_TEXT_FORMATS: dict[str, str] = {
+    "istio-text-1.7": _HEAD
+    + '%RESPONSE_CODE% %RESPONSE_FLAGS% "%DYNAMIC_METADATA(istio.mixer:status)%" '
+    + '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
+    + _TAIL,
+    "istio-text-1.8": _HEAD
+    + '%RESPONSE_CODE% %RESPONSE_FLAGS% "%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
+    + _TAIL,
+    "istio-text-1.9": _HEAD
+    + "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    + '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
+    + _TAIL,
+}
+
+ISTIO_TEXT_FORMAT = ISTIO_TEXT_FORMATS["istio-text-1.9"]
+
+# Envoy's own default format (no Istio): what a bare Envoy writes with no log_format.
+ENVOY_DEFAULT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
+)
+
+# What wslog's access-log EnvoyFilter adds to the JSON format so nothing has to be guessed.
+WSLOG_EXTRA_FIELDS: dict[str, str] = {
+    "upstream_protocol": "%UPSTREAM_PROTOCOL%",
+    "access_log_type": "%ACCESS_LOG_TYPE%",
+    "upgrade": "%REQ(UPGRADE)%",
+    "connection_id": "%CONNECTION_ID%",
+}
