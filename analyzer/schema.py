@@ -66,6 +66,52 @@ REJECT_SCHEMA: dict[str, pl.DataType] = {
     "excerpt": pl.String(),  # the line's first 200 characters
 }
 
+# The fields of an entry kept inside a connection (as the ``client`` and ``server`` structs).
+ENTRY_BRIEF_FIELDS: tuple[str, ...] = (
+    "source",
+    "line_no",
+    "start_time",
+    "protocol",
+    "upstream_protocol",
+    "response_code",
+    "response_flags",
+    "response_code_details",
+    "connection_termination_details",
+    "duration_ms",
+    "bytes_received",
+    "bytes_sent",
+    "upstream_host",
+    "upstream_cluster",
+    "upstream_local_address",
+    "downstream_local_address",
+    "downstream_remote_address",
+    "access_log_type",
+)
+ENTRY_BRIEF = pl.Struct({name: ENTRY_SCHEMA[name] for name in ENTRY_BRIEF_FIELDS})
+
+# One classified WebSocket connection: both sidecars' final entries joined and explained.
+CONNECTION_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "destination_service": pl.String(),  # FQDN, e.g. websockets-server.default.svc.cluster.local
+    "destination_namespace": pl.String(),
+    "source_workload": pl.String(),
+    "source_namespace": pl.String(),
+    "authority": pl.String(),
+    "path": pl.String(),  # query string removed unless --keep-query
+    "upgrade_path": pl.String(),  # analyzer.vocab.UpgradePath
+    "outcome": pl.String(),  # analyzer.vocab.Outcome
+    "cause": pl.String(),  # analyzer.vocab.Cause ("" when none)
+    "pairing": pl.String(),  # analyzer.vocab.Pairing
+    "start_time": UTC_US,
+    "duration_ms": pl.Int64(),
+    "bytes_sent": pl.Int64(),
+    "bytes_received": pl.Int64(),
+    "response_code": pl.Int32(),  # what the client app saw (client entry), else the server's
+    "attempts": pl.Int32(),  # server-side entries merged into this connection (retries)
+    "client": ENTRY_BRIEF,  # the client sidecar's final entry, null when server-only
+    "server": ENTRY_BRIEF,  # the server sidecar's final entry, null when client-only
+}
+
 
 def conform(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Select exactly ``schema``'s columns in order, adding missing ones as nulls and casting."""

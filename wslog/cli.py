@@ -16,7 +16,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Explain WebSocket upgrades through Istio / Envoy sidecars from their access logs."""

@@ -1,0 +1,196 @@
+"""Every Prometheus metric wslog serves (DESIGN.md section 4), on a registry of its own.
+
+Names and labels are an API: the dashboard and the alert rules depend on them, and
+``tests/test_metrics.py`` pins them. Label sets are capped per family: past ``max_series``
+distinct label sets, the identifying labels fold into ``OVERFLOW`` and
+``wslog_series_overflow_total`` counts each folded observation, so totals stay exact and no
+observation is silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+OVERFLOW = "__overflow__"
+UNKNOWN = "unknown"
+
+CONNECTION_LABELS = (
+    "destination_service",
+    "destination_namespace",
+    "source_workload",
+    "source_namespace",
+    "upgrade_path",
+    "outcome",
+    "cause",
+    "pairing",
+)
+SERVICE_LABELS = ("destination_service", "destination_namespace", "upgrade_path")
+# Labels that identify workloads; the others are closed vocabularies that never overflow.
+FOLDABLE = frozenset(
+    {
+        "destination_service",
+        "destination_namespace",
+        "source_workload",
+        "source_namespace",
+        "source",
+    }
+)
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 86400)
+
+
+@dataclass
+class _Cap:
+    """Remembers the label sets seen per family and folds new ones past the limit."""
+
+    limit: int
+    seen: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)
+
+    def admit(self, family: str, labels: dict[str, str]) -> tuple[dict[str, str], bool]:
+        seen = self.seen.setdefault(family, set())
+        key = tuple(labels.values())
+        if key in seen or len(seen) < self.limit:
+            seen.add(key)
+            return labels, False
+        folded = {k: (OVERFLOW if k in FOLDABLE else v) for k, v in labels.items()}
+        seen.add(tuple(folded.values()))
+        return folded, True
+
+
+class Metrics:
+    """The exporter's metric families, built on the given registry."""
+
+    def __init__(self, registry: CollectorRegistry, max_series: int = 2000) -> None:
+        self._cap = _Cap(max_series)
+        self.connections = Counter(
+            "wslog_connections_total",
+            "WebSocket connections by upgrade path and outcome, counted once when the outcome "
+            "is known.",
+            CONNECTION_LABELS,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "wslog_connection_duration_seconds",
+            "Lifetime of upgraded WebSocket connections.",
+            SERVICE_LABELS,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "wslog_connection_bytes_total",
+            "WebSocket frame bytes of upgraded connections, as the client sidecar saw them.",
+            (*SERVICE_LABELS, "direction"),
+            registry=registry,
+        )
+        self.open = Gauge(
+            "wslog_connections_open",
+            "WebSocket connections seen starting (or in periodic entries) but not yet closed.",
+            SERVICE_LABELS,
+            registry=registry,
+        )
+        self.lines = Counter(
+            "wslog_log_lines_total",
+            "Input log lines by result: entry, not_access_log or malformed.",
+            ("result",),
+            registry=registry,
+        )
+        self.rejects = Counter(
+            "wslog_malformed_lines_total",
+            "Malformed access-log lines by reason.",
+            ("reason",),
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "wslog_pending_entries",
+            "Entries waiting for their counterpart in the correlation window.",
+            registry=registry,
+        )
+        self.evicted = Counter(
+            "wslog_pending_evicted_total",
+            "Entries that left the correlation window unpaired, or were evicted by the size cap.",
+            ("side", "reason"),
+            registry=registry,
+        )
+        self.streams_active = Gauge(
+            "wslog_streams_active", "Log streams currently open.", ("kind",), registry=registry
+        )
+        self.stream_restarts = Counter(
+            "wslog_stream_restarts_total",
+            "Log streams reopened after an error or end of stream.",
+            ("kind", "reason"),
+            registry=registry,
+        )
+        self.newest_entry = Gauge(
+            "wslog_source_newest_entry_timestamp_seconds",
+            "Start time plus duration of the newest access-log entry read, per source.",
+            ("source",),
+            registry=registry,
+        )
+        self.overflow = Counter(
+            "wslog_series_overflow_total",
+            f"Observations whose label set exceeded --max-series and was folded into {OVERFLOW}.",
+            ("metric",),
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "wslog_ready", "1 when every source is healthy (same as /readyz).", registry=registry
+        )
+        self.build = Info("wslog_build", "wslog build information.", registry=registry)
+
+    def _labels(self, family: str, labels: dict[str, str]) -> dict[str, str]:
+        admitted, folded = self._cap.admit(family, labels)
+        if folded:
+            self.overflow.labels(metric=family).inc()
+        return admitted
+
+    def record_connection(self, row: Mapping[str, object]) -> None:
+        """Count one classified connection (a CONNECTION_SCHEMA row as a dict)."""
+        labels = {name: _label(row.get(name)) for name in CONNECTION_LABELS}
+        self.connections.labels(**self._labels("wslog_connections_total", labels)).inc()
+        if labels["outcome"] != "upgraded":
+            return
+        service = {name: labels[name] for name in SERVICE_LABELS}
+        duration_ms = row.get("duration_ms")
+        if isinstance(duration_ms, int):
+            hist_labels = self._labels("wslog_connection_duration_seconds", service)
+            self.duration.labels(**hist_labels).observe(duration_ms / 1000)
+        for direction, column in (("sent", "bytes_sent"), ("received", "bytes_received")):
+            value = row.get(column)
+            if isinstance(value, int) and value > 0:
+                byte_labels = self._labels(
+                    "wslog_connection_bytes_total", {**service, "direction": direction}
+                )
+                self.bytes.labels(**byte_labels).inc(value)
+
+    def set_open(self, rows: Iterable[Mapping[str, object]]) -> None:
+        """Replace the open-connections gauge with counts per service and upgrade path."""
+        counts: dict[tuple[str, ...], int] = {}
+        for row in rows:
+            key = tuple(_label(row.get(name)) for name in SERVICE_LABELS)
+            counts[key] = counts.get(key, 0) + 1
+        self.open.clear()
+        for key, count in counts.items():
+            labels = self._labels(
+                "wslog_connections_open", dict(zip(SERVICE_LABELS, key, strict=True))
+            )
+            self.open.labels(**labels).inc(count)
+
+    def record_lines(self, counts: Mapping[str, int], rejects: Mapping[str, int]) -> None:
+        for result, count in counts.items():
+            if count:
+                self.lines.labels(result=result).inc(count)
+        for reason, count in rejects.items():
+            if count:
+                self.rejects.labels(reason=reason).inc(count)
+
+    def record_newest(self, source: str, timestamp_s: float) -> None:
+        labels = self._labels("wslog_source_newest_entry_timestamp_seconds", {"source": source})
+        self.newest_entry.labels(**labels).set(timestamp_s)
+
+
+def _label(value: object) -> str:
+    if value is None:
+        return UNKNOWN
+    return str(value)
