@@ -1,0 +1,182 @@
+"""Where the exporter's raw log lines come from, and the one interface every source speaks.
+
+A source turns some byte stream (a pod's log API stream, node-local files, stdin) into
+``Chunk``s of *complete* lines, each delivered exactly once, and reports the life of its
+streams through ``SourceEvents``. Sources know nothing about access-log formats: framing
+(kubelet timestamps, CRI) is only passed on as a hint for the deframer, so the pure core stays
+the single place that interprets a line.
+
+Sources are plain blocking code run on threads: the official Kubernetes client is synchronous,
+and bounded concurrency (a semaphore) is simpler to reason about than an event loop here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+__all__ = [
+    "Chunk",
+    "FileSettings",
+    "KubeSettings",
+    "Sink",
+    "Source",
+    "SourceError",
+    "SourceEvents",
+    "StdinSource",
+    "emit",
+    "split_lines",
+]
+
+TIMESTAMPS = "timestamps"
+CRI = "cri"
+
+
+class SourceError(Exception):
+    """A source cannot run. ``retryable`` says whether waiting and retrying can help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Complete raw lines of one stream, without their trailing newline."""
+
+    source: str  # "namespace/pod" (kubernetes), the file path (files), "-" (stdin)
+    lines: tuple[str, ...]
+    framing: str | None  # "timestamps", "cri", or None: let the deframer detect it
+
+
+class SourceEvents(Protocol):
+    """What a source reports about its streams; the exporter bridges it to its metrics."""
+
+    def stream_opened(self, kind: str, source: str) -> None: ...
+    def stream_closed(self, kind: str, source: str) -> None: ...
+    def stream_restarted(self, kind: str, source: str, reason: str) -> None: ...
+    def health(self, ok: bool, reason: str) -> None: ...
+
+
+Sink = Callable[[Chunk], None]
+
+
+class Source(Protocol):
+    def run(self, sink: Sink, stop: threading.Event, events: SourceEvents) -> None:
+        """Deliver chunks to ``sink`` (maybe from several threads) until ``stop`` is set,
+        or until the input ends for sources that have an end (stdin, files with once)."""
+        ...
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Where and how the kubernetes source discovers and follows istio-proxy containers."""
+
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    label_selector: str = ""
+    container: str = "istio-proxy"
+    since_seconds: int | None = None  # None: from now (only lines written after start)
+    kubeconfig: str | None = None  # None: in-cluster config, else the default kubeconfig
+    context: str | None = None
+    in_cluster: bool | None = None  # None: in-cluster when running in a pod, else kubeconfig
+    max_concurrent_streams: int = 64
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    request_timeout_s: float = 30.0  # connect / read timeout of each API request
+    watch_timeout_s: int = 300  # server-side timeoutSeconds of each watch
+    chunk_max_lines: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_streams < 1:
+            raise ValueError("max_concurrent_streams must be at least 1")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ValueError("backoff bounds must satisfy 0 < initial <= max")
+        if self.since_seconds is not None and self.since_seconds < 0:
+            raise ValueError("since_seconds must not be negative")
+        if not self.container:
+            raise ValueError("container name must not be empty")
+
+
+@dataclass(frozen=True)
+class FileSettings:
+    """Which node-local or saved files the files source follows, and how."""
+
+    globs: tuple[str, ...]
+    from_start: bool = False
+    poll_interval_s: float = 0.25
+    once: bool = False  # replay: read every matched file to its end, then return
+    framing: str | None = None  # None: detect (CRI under /var/log/pods, else plain)
+    read_size: int = 1 << 20
+    chunk_max_lines: int = 1000
+
+    def __post_init__(self) -> None:
+        if not self.globs:
+            raise ValueError("at least one path or glob is required")
+        if self.poll_interval_s <= 0:
+            raise ValueError("poll_interval_s must be positive")
+
+
+def split_lines(pending: bytes, data: bytes) -> tuple[list[str], bytes]:
+    """Complete lines of ``pending + data`` and the trailing piece that is not a line yet.
+
+    Lines keep everything but their ``\\n`` (a ``\\r`` before it is dropped too); undecodable
+    bytes are replaced rather than lost, so a line count never depends on the encoding.
+    """
+    buf = pending + data
+    end = buf.rfind(b"\n")
+    if end < 0:
+        return [], buf
+    lines = [_decode(raw) for raw in buf[:end].split(b"\n")]
+    return lines, buf[end + 1 :]
+
+
+def _decode(raw: bytes) -> str:
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    return raw.decode("utf-8", errors="replace")
+
+
+class StdinSource:
+    """Lines from a binary stream (stdin by default) until it ends or ``stop`` is set."""
+
+    def __init__(self, stream: IO[bytes] | None = None, chunk_max_lines: int = 1000) -> None:
+        self._stream = stream
+        self._chunk_max_lines = chunk_max_lines
+
+    def run(self, sink: Sink, stop: threading.Event, events: SourceEvents) -> None:
+        import sys
+
+        stream = self._stream if self._stream is not None else sys.stdin.buffer
+        events.stream_opened("stdin", "-")
+        events.health(True, "")
+        try:
+            self._pump(stream, sink, stop)
+        finally:
+            events.stream_closed("stdin", "-")
+
+    def _pump(self, stream: IO[bytes], sink: Sink, stop: threading.Event) -> None:
+        pending = b""
+        while not stop.is_set():
+            data = _read_some(stream)
+            if not data:
+                break
+            lines, pending = split_lines(pending, data)
+            emit(sink, "-", lines, None, self._chunk_max_lines)
+        if pending and not stop.is_set():
+            emit(sink, "-", [_decode(pending)], None, self._chunk_max_lines)
+
+
+def _read_some(stream: IO[bytes]) -> bytes:
+    read1 = getattr(stream, "read1", None)
+    if read1 is not None:
+        data: bytes = read1(65536)
+        return data
+    return stream.read(65536)
+
+
+def emit(sink: Sink, source: str, lines: list[str], framing: str | None, max_lines: int) -> None:
+    """Hand ``lines`` to ``sink`` in chunks of at most ``max_lines``."""
+    for start in range(0, len(lines), max_lines):
+        sink(Chunk(source, tuple(lines[start : start + max_lines]), framing))
