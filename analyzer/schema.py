@@ -102,6 +102,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "outcome": pl.String(),  # analyzer.vocab.Outcome
     "cause": pl.String(),  # analyzer.vocab.Cause ("" when none)
     "pairing": pl.String(),  # analyzer.vocab.Pairing
+    "evidence": pl.String(),  # why it counts as a WebSocket: 101, upgrade-header, path, ...
     "start_time": UTC_US,
     "duration_ms": pl.Int64(),
     "bytes_sent": pl.Int64(),

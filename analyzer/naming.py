@@ -1,0 +1,52 @@
+"""Names the mesh gives things, recovered from what a log line carries.
+
+Istio names clusters ``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``; kubectl, the kubelet
+and the exporter name sources ``namespace/pod`` or ``/var/log/pods/NS_POD_UID/...``. These
+polars expressions turn them into the labels of DESIGN.md section 2.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+_POD_DIR = r"/var/log/pods/([^_/]+)_([^_/]+)_[^/]+/"
+# Deployment pods end in -<replicaset hash>-<5 chars>; StatefulSet/DaemonSet pods differ.
+_POD_SUFFIX = r"-[a-z0-9]{8,10}-[a-z0-9]{5}$|-[a-z0-9]{5}$"
+
+
+def cluster_service(cluster: pl.Expr) -> pl.Expr:
+    """``outbound|8080||svc.ns.svc.cluster.local`` -> ``svc.ns.svc.cluster.local``."""
+    fqdn = cluster.str.extract(r"^outbound\|[^|]*\|[^|]*\|(.+)$", 1)
+    return pl.when(fqdn.str.len_chars() > 0).then(fqdn)
+
+
+def authority_service(authority: pl.Expr) -> pl.Expr:
+    """``svc.ns.svc.cluster.local:8080`` or ``svc:8080`` -> host without the port."""
+    return authority.str.replace(r":\d+$", "").str.to_lowercase()
+
+
+def service_namespace(service: pl.Expr) -> pl.Expr:
+    """The namespace part of a Kubernetes service FQDN (``svc.ns.svc...``), else null."""
+    return service.str.extract(r"^[^.]+\.([^.]+)\.svc(\.|$)", 1)
+
+
+def source_namespace(source: pl.Expr) -> pl.Expr:
+    """``ns/pod[/container]`` (kubectl --prefix, exporter) or a /var/log/pods path -> ns."""
+    from_dir = source.str.extract(_POD_DIR, 1)
+    from_name = source.str.extract(r"^([a-z0-9-]+)/[a-z0-9.-]+(/[a-z0-9-]+)?$", 1)
+    return pl.coalesce(from_dir, from_name)
+
+
+def source_pod(source: pl.Expr) -> pl.Expr:
+    from_dir = source.str.extract(_POD_DIR, 2)
+    from_name = source.str.extract(r"^[a-z0-9-]+/([a-z0-9.-]+)(/[a-z0-9-]+)?$", 1)
+    return pl.coalesce(from_dir, from_name)
+
+
+def source_workload(source: pl.Expr) -> pl.Expr:
+    """The workload owning the pod a source names: the pod name without its generated suffix."""
+    return source_pod(source).str.replace(_POD_SUFFIX, "")
+
+
+def strip_query(path: pl.Expr) -> pl.Expr:
+    return path.str.replace(r"[?#].*$", "")
