@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from analyzer.lab.cli import app as lab_app
+
 app = typer.Typer(
     name="wslog",
     help=(
@@ -30,6 +32,7 @@ def version() -> None:
 
 
 # Subcommands register below, one line each.
+app.add_typer(lab_app, name="lab")
 
 
 def main() -> None:

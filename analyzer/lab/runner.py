@@ -1,0 +1,180 @@
+"""Running scenarios: app, two sidecars and client per scenario, several scenarios at once.
+
+Each scenario gets its own ports and its own output directory ``OUT/<scenario>/`` holding
+``client.log``, ``server.log`` (the sidecars' access logs) and ``client-result.json``. A scenario
+is bounded in time as a whole; whatever happens, its processes are stopped before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from analyzer.lab.apps import run_app
+from analyzer.lab.client import ConnectionResult, run_client
+from analyzer.lab.envoy_config import Ports, client_bootstrap, server_bootstrap
+from analyzer.lab.processes import LabError, PortAllocator, Sidecar
+from analyzer.lab.scenarios import LogFormat, Scenario
+
+LOG_SETTLE_S = 0.3
+POLL_S = 0.05
+
+Notify = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    out: Path
+    fmt: LogFormat
+    envoy: Path
+    scenario_timeout_s: float = 30.0
+    ready_timeout_s: float = 15.0
+    log_wait_s: float = 5.0
+    parallel: int = 4
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    name: str
+    ok: bool
+    seconds: float
+    message: str
+    client_entries: int = 0
+    server_entries: int = 0
+    connections: tuple[ConnectionResult, ...] = field(default=())
+
+
+@dataclass
+class _Phase:
+    """Where a running scenario is, for the timeout message and the progress display."""
+
+    name: str
+    notify: Notify
+    current: str = "starting"
+
+    def enter(self, phase: str) -> None:
+        self.current = phase
+        self.notify(self.name, phase)
+
+
+def count_entries(path: Path) -> int:
+    try:
+        return sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+async def wait_for_entries(
+    paths: tuple[Path, Path], wanted: tuple[int, int], bound_s: float
+) -> bool:
+    """Wait until each log holds at least its wanted entries and both stopped growing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    last: tuple[int, int] = (-1, -1)
+    stable_since = loop.time()
+    while loop.time() < deadline:
+        sizes = (count_entries(paths[0]), count_entries(paths[1]))
+        if sizes != last:
+            last, stable_since = sizes, loop.time()
+        enough = sizes[0] >= wanted[0] and sizes[1] >= wanted[1]
+        if enough and loop.time() - stable_since >= LOG_SETTLE_S:
+            return True
+        await asyncio.sleep(POLL_S)
+    return False
+
+
+def _prepare_dir(directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    logs = (directory / "client.log", directory / "server.log")
+    for log in logs:
+        log.write_bytes(b"")
+    return logs
+
+
+def _write_result(path: Path, scenario: Scenario, results: tuple[ConnectionResult, ...]) -> None:
+    document = {"scenario": scenario.name, "connections": [asdict(r) for r in results]}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def _allocate(ports: PortAllocator) -> Ports:
+    return Ports(*(ports.take() for _ in range(5)))
+
+
+async def _run(
+    scenario: Scenario, settings: RunSettings, ports: Ports, phase: _Phase
+) -> ScenarioResult:
+    directory = settings.out / scenario.name
+    logs = _prepare_dir(directory)
+    server_config = server_bootstrap(scenario, ports, str(logs[1]), settings.fmt)
+    client_config = client_bootstrap(scenario, ports, str(logs[0]), settings.fmt)
+    start = time.monotonic()
+    async with (
+        run_app(scenario.app, ports.app),
+        Sidecar("server", settings.envoy, server_config, ports.server_admin) as server,
+        Sidecar("client", settings.envoy, client_config, ports.client_admin) as client,
+    ):
+        phase.enter("waiting for envoy")
+        await asyncio.gather(
+            server.wait_ready(settings.ready_timeout_s), client.wait_ready(settings.ready_timeout_s)
+        )
+        phase.enter("client")
+        results = await run_client(scenario, ports.client_outbound)
+        _write_result(directory / "client-result.json", scenario, results)
+        phase.enter("waiting for log entries")
+        wanted = (scenario.expected.client, scenario.expected.server)
+        complete = await wait_for_entries(logs, wanted, settings.log_wait_s)
+    counts = (count_entries(logs[0]), count_entries(logs[1]))
+    message = (
+        "ok"
+        if complete
+        else (
+            f"expected at least {wanted[0]} client and {wanted[1]} server entries within "
+            f"{settings.log_wait_s:.0f}s, found {counts[0]} and {counts[1]}"
+        )
+    )
+    seconds = time.monotonic() - start
+    return ScenarioResult(scenario.name, complete, seconds, message, *counts, results)
+
+
+async def run_scenario(
+    scenario: Scenario, settings: RunSettings, ports: PortAllocator, notify: Notify
+) -> ScenarioResult:
+    """Run one scenario within its time bound; failures become a result, not an exception."""
+    phase = _Phase(scenario.name, notify)
+    start = time.monotonic()
+    try:
+        result = await asyncio.wait_for(
+            _run(scenario, settings, _allocate(ports), phase), settings.scenario_timeout_s
+        )
+    except TimeoutError:
+        message = (
+            f"did not finish within {settings.scenario_timeout_s:g}s "
+            f"(stuck while {phase.current}); its processes were stopped"
+        )
+        result = ScenarioResult(scenario.name, False, time.monotonic() - start, message)
+    except LabError as exc:
+        result = ScenarioResult(scenario.name, False, time.monotonic() - start, str(exc))
+    notify(scenario.name, "done" if result.ok else "failed")
+    return result
+
+
+async def run_scenarios(
+    scenarios: Sequence[Scenario], settings: RunSettings, notify: Notify
+) -> tuple[ScenarioResult, ...]:
+    """Run scenarios concurrently, at most ``settings.parallel`` at a time."""
+    gate = asyncio.Semaphore(settings.parallel)
+    ports = PortAllocator()
+
+    async def gated(scenario: Scenario) -> ScenarioResult:
+        async with gate:
+            return await run_scenario(scenario, settings, ports, notify)
+
+    return tuple(await asyncio.gather(*(gated(s) for s in scenarios)))
+
+
+def ignore(name: str, phase: str) -> None:
+    """A ``Notify`` that does nothing."""

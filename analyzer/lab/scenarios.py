@@ -1,0 +1,286 @@
+"""The lab's scenarios: each one is an Istio configuration (or an app behaviour) made concrete.
+
+A scenario is plain data. ``envoy_config`` turns it into the two sidecars' bootstraps, ``apps``
+into the server application and ``client`` into what the client does; the Istio YAML it mirrors is
+kept beside it so ``wslog lab list`` and the testdata README can show both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Hop(StrEnum):
+    """The sidecar-to-sidecar protocol (DestinationRule ``h2UpgradePolicy``)."""
+
+    H1 = "h1"
+    H2 = "h2"
+
+
+class AppMode(StrEnum):
+    """What the server application does with the upgrade request."""
+
+    ECHO = "echo"
+    DOWN = "down"
+    REFUSE = "refuse"
+    NO_UPGRADE = "no-upgrade"
+
+
+class ClientMode(StrEnum):
+    """What the client does once connected."""
+
+    ECHO = "echo"
+    DROP = "drop"
+    HOLD = "hold"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+
+DR_DO_NOT_UPGRADE = """\
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: websockets-server
+spec:
+  host: websockets-server
+  trafficPolicy:
+    connectionPool:
+      http:
+        h2UpgradePolicy: DO_NOT_UPGRADE
+"""
+
+DR_UPGRADE = DR_DO_NOT_UPGRADE.replace("DO_NOT_UPGRADE", "UPGRADE")
+
+ENVOYFILTER_ALLOW_CONNECT = (
+    """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata:
+  name: h2-upgrade-wss
+spec:
+  workloadSelector:
+    labels:
+      app: websockets-server
+  configPatches:
+  - applyTo: NETWORK_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+    patch:
+      operation: MERGE
+      value:
+        typed_config:
+          '@type': """
+    + HCM_TYPE
+    + """
+          http2_protocol_options:
+            allow_connect: true
+"""
+)
+
+ENVOYFILTER_PERIODIC_LOG = (
+    """\
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata:
+  name: access-log-flush
+spec:
+  configPatches:
+  - applyTo: NETWORK_FILTER
+    match:
+      listener:
+        filterChain:
+          filter:
+            name: envoy.filters.network.http_connection_manager
+    patch:
+      operation: MERGE
+      value:
+        typed_config:
+          '@type': """
+    + HCM_TYPE
+    + """
+          access_log_options:
+            access_log_flush_interval: 1s
+            flush_access_log_on_new_request: true
+"""
+)
+
+MESHCONFIG_TYPED_FORMAT = """\
+# meshConfig (IstioOperator / istio configmap): Istio's JSON keys plus wslog's extra fields
+meshConfig:
+  accessLogEncoding: JSON
+  accessLogFormat: |
+    {"start_time": "%START_TIME%", ...Istio's default keys...,
+     "upstream_protocol": "%UPSTREAM_PROTOCOL%", "access_log_type": "%ACCESS_LOG_TYPE%",
+     "upgrade": "%REQ(UPGRADE)%", "connection_id": "%CONNECTION_ID%"}
+"""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The fewest access-log entries each sidecar writes; the runner waits for them."""
+
+    client: int
+    server: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    mirrors: str
+    shows: str
+    istio_yaml: str
+    hop: Hop
+    expected: Expected
+    allow_connect: bool = False
+    app: AppMode = AppMode.ECHO
+    client: ClientMode = ClientMode.ECHO
+    connections: int = 1
+    hold_ms: int = 0
+    periodic_log: bool = False
+    typed_format: bool = False
+
+
+ONE = Expected(client=1, server=1)
+_H2_YAML = DR_UPGRADE + "---\n" + ENVOYFILTER_ALLOW_CONNECT
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        name="h1",
+        mirrors="DestinationRule h2UpgradePolicy: DO_NOT_UPGRADE",
+        shows="WebSocket over HTTP/1.1 on both hops, echo and close 1000",
+        istio_yaml=DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        expected=ONE,
+    ),
+    Scenario(
+        name="h2",
+        mirrors="h2UpgradePolicy: UPGRADE + EnvoyFilter allow_connect: true (server)",
+        shows="sidecar-to-sidecar hop is HTTP/2 extended CONNECT; server entry protocol HTTP/2",
+        istio_yaml=_H2_YAML,
+        hop=Hop.H2,
+        allow_connect=True,
+        expected=ONE,
+    ),
+    Scenario(
+        name="h2-no-allow-connect",
+        mirrors="h2UpgradePolicy: UPGRADE without the allow_connect EnvoyFilter",
+        shows="the reference document's 503: server resets the CONNECT stream (DPE)",
+        istio_yaml=DR_UPGRADE,
+        hop=Hop.H2,
+        expected=ONE,
+    ),
+    Scenario(
+        name="app-down",
+        mirrors="DO_NOT_UPGRADE; the container does not listen on targetPort 80",
+        shows="client 503 URX after Istio's 2 retries; one server 503 UF entry per attempt",
+        istio_yaml=DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        app=AppMode.DOWN,
+        expected=Expected(client=1, server=3),
+    ),
+    Scenario(
+        name="app-refuses",
+        mirrors="DO_NOT_UPGRADE; the app answers 403 to the upgrade request",
+        shows="403 via_upstream on both sides",
+        istio_yaml=DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        app=AppMode.REFUSE,
+        expected=ONE,
+    ),
+    Scenario(
+        name="app-no-upgrade",
+        mirrors="DO_NOT_UPGRADE; the app answers 200 without switching protocols",
+        shows="200 websocket_handshake_unsuccessful on both sides",
+        istio_yaml=DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        app=AppMode.NO_UPGRADE,
+        expected=ONE,
+    ),
+    Scenario(
+        name="app-no-upgrade-h2",
+        mirrors="UPGRADE + allow_connect; the app answers 200 without switching protocols",
+        shows="same app answer through an HTTP/2 hop",
+        istio_yaml=_H2_YAML,
+        hop=Hop.H2,
+        allow_connect=True,
+        app=AppMode.NO_UPGRADE,
+        expected=ONE,
+    ),
+    Scenario(
+        name="client-drop",
+        mirrors="DO_NOT_UPGRADE; the client drops TCP without a close frame",
+        shows="101 then DC (downstream_remote_disconnect) after one echo",
+        istio_yaml=DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        client=ClientMode.DROP,
+        expected=ONE,
+    ),
+    Scenario(
+        name="long-lived",
+        mirrors="DO_NOT_UPGRADE + EnvoyFilter access_log_options (flush every 1s)",
+        shows="start, periodic and end entries for one connection, Istio's format only",
+        istio_yaml=DR_DO_NOT_UPGRADE + "---\n" + ENVOYFILTER_PERIODIC_LOG,
+        hop=Hop.H1,
+        client=ClientMode.HOLD,
+        hold_ms=3500,
+        periodic_log=True,
+        expected=Expected(client=4, server=4),
+    ),
+    Scenario(
+        name="long-lived-typed",
+        mirrors="long-lived + %ACCESS_LOG_TYPE% and %UPSTREAM_PROTOCOL% in the format (UPGRADE)",
+        shows="the same over an HTTP/2 hop, each entry saying its type and upstream protocol",
+        istio_yaml=_H2_YAML
+        + "---\n"
+        + ENVOYFILTER_PERIODIC_LOG
+        + "---\n"
+        + MESHCONFIG_TYPED_FORMAT,
+        hop=Hop.H2,
+        allow_connect=True,
+        client=ClientMode.HOLD,
+        hold_ms=3500,
+        periodic_log=True,
+        typed_format=True,
+        expected=Expected(client=4, server=4),
+    ),
+    Scenario(
+        name="concurrent-h2",
+        mirrors="UPGRADE + allow_connect; three WebSockets at once",
+        shows="three streams multiplexed on one HTTP/2 connection between the sidecars",
+        istio_yaml=_H2_YAML,
+        hop=Hop.H2,
+        allow_connect=True,
+        connections=3,
+        hold_ms=300,
+        expected=Expected(client=3, server=3),
+    ),
+)
+
+BY_NAME: dict[str, Scenario] = {s.name: s for s in SCENARIOS}
+
+
+class UnknownScenarioError(ValueError):
+    pass
+
+
+def select(names: list[str]) -> tuple[Scenario, ...]:
+    """The named scenarios in the order given, or all of them when no name is given."""
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise UnknownScenarioError(
+            f"unknown scenario(s): {', '.join(unknown)}; `wslog lab list` shows the known ones"
+        )
+    return tuple(BY_NAME[n] for n in dict.fromkeys(names)) if names else SCENARIOS
