@@ -222,7 +222,9 @@ def assign_connections(frame: pl.DataFrame, settings: CorrelationSettings) -> pl
     """Add ``conn``: the key of the connection each entry belongs to."""
     if frame.height == 0:
         return frame.with_columns(pl.lit(None, pl.String).alias("conn"))
-    frame = frame.with_columns(group=_group_key(frame, settings))
+    partners = address_partners(frame, settings)
+    frame = _adopt_partner_sides(frame, partners)
+    frame = frame.with_columns(group=_group_key(frame, partners))
     streams = (
         frame.filter(pl.col("role") == "client")
         .group_by("group", "start_time")
@@ -244,14 +246,22 @@ def assign_connections(frame: pl.DataFrame, settings: CorrelationSettings) -> pl
     return joined.with_columns(conn=conn).drop("probe", "anchor").sort("uid")
 
 
-def _group_key(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.Series:
+def _adopt_partner_sides(frame: pl.DataFrame, partners: pl.DataFrame) -> pl.DataFrame:
+    """An entry with no side of its own that is some client's address partner is a server's."""
+    partnered = pl.col("uid").is_in(partners.get_column("uid").implode())
+    adopted = pl.when(pl.col("side").is_null() & partnered).then(pl.lit(Side.SERVER.value))
+    return frame.with_columns(side=pl.coalesce("side", adopted)).with_columns(
+        role=role_of(pl.col("side"))
+    )
+
+
+def _group_key(frame: pl.DataFrame, partners: pl.DataFrame) -> pl.Series:
     own = (
         pl.when(pl.col("request_id").is_not_null())
         .then(pl.concat_str(pl.lit("r|"), pl.col("request_id")))
         .otherwise(pl.concat_str(pl.lit("u|"), pl.col("uid").cast(pl.String)))
     )
     keyed = frame.select("uid", own.alias("group"))
-    partners = address_partners(frame, settings)
     if partners.height == 0:
         return keyed.get_column("group")
     partner_group = partners.join(keyed, left_on="partner_uid", right_on="uid").select(
@@ -262,10 +272,11 @@ def _group_key(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.Series:
 
 
 def address_partners(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.DataFrame:
-    """For server entries without a request id: the client entry whose upstream connection they
-    received (``uid`` -> ``partner_uid``), the closest in time when several match."""
+    """For server entries (or entries of no known side) without a request id: the client entry
+    whose upstream connection they received (``uid`` -> ``partner_uid``), the closest in time
+    when several match."""
     servers = frame.filter(
-        (pl.col("role") == "server")
+        (pl.col("role") == "server").fill_null(True)
         & pl.col("request_id").is_null()
         & pl.col("downstream_remote_address").is_not_null()
     ).select(
