@@ -181,10 +181,13 @@ def annotate(entries: pl.DataFrame) -> pl.DataFrame:
 
 
 def is_final() -> pl.Expr:
-    """False for start and periodic entries: typed ones, or an untyped flag-free 101 (a
-    WebSocket's last entry always carries a close flag such as UC, UR or DC)."""
+    """False for start and periodic entries: typed ones, or untyped flag-free entries with code
+    0 (start) or 101 (periodic): a WebSocket's last entry always carries a close flag such as
+    UC, UR or DC, and an entry with no response carries the reason as a flag."""
     typed = pl.col("access_log_type").is_not_null()
-    untyped_periodic = (pl.col("response_code") == 101) & pl.col("response_flags").is_null()
+    untyped_periodic = pl.col("response_code").fill_null(0).is_in([0, 101]) & pl.col(
+        "response_flags"
+    ).is_null()
     return (
         pl.when(typed)
         .then(~pl.col("access_log_type").is_in(NOT_FINAL_TYPES))
