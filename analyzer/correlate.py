@@ -16,7 +16,7 @@ stream that started before them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -67,7 +67,7 @@ class Correlator:
 
     settings: CorrelationSettings = field(default_factory=CorrelationSettings)
     _pending: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
-    _watermark: object = None
+    _watermark: datetime | None = None
     _next_uid: int = 0
     _source_sides: dict[str, str] = field(default_factory=dict)
 
@@ -85,7 +85,9 @@ class Correlator:
         batch = self._annotate(entries)
         if batch.height:
             newest = batch.get_column("end_time").max()
-            if newest is not None and (self._watermark is None or newest > self._watermark):  # type: ignore[operator]  # datetimes compare
+            if isinstance(newest, datetime) and (
+                self._watermark is None or newest > self._watermark
+            ):
                 self._watermark = newest
         frame = pl.concat([self._pending, batch], how="vertical")
         return self._release(frame, flush=False)
@@ -93,6 +95,11 @@ class Correlator:
     def flush(self) -> Released:
         """Release everything still pending (end of input)."""
         return self._release(self._pending, flush=True)
+
+    def release_finished(self) -> Released:
+        """Release every pending connection with a final entry, whatever the watermark: the
+        inputs are idle, so no counterpart is on its way. Open connections stay."""
+        return self._release(self._pending, flush=False, finished=True)
 
     def _annotate(self, entries: pl.DataFrame) -> pl.DataFrame:
         entries = conform(entries, ENTRY_SCHEMA)
@@ -118,17 +125,18 @@ class Correlator:
         side = pl.coalesce(pl.col("side"), by_source)
         return frame.with_columns(side=side).with_columns(role=role_of(pl.col("side")))
 
-    def _release(self, frame: pl.DataFrame, *, flush: bool) -> Released:
+    def _release(self, frame: pl.DataFrame, *, flush: bool, finished: bool = False) -> Released:
         keyed = assign_connections(frame, self.settings)
         ends = keyed.group_by("conn").agg(
             pl.col("end_time").max().alias("conn_end"), pl.col("final").any().alias("done")
         )
         if flush:
             ready = ends.get_column("conn")
+        elif finished:
+            ready = ends.filter(pl.col("done")).get_column("conn")
         else:
-            ready = ends.filter(
-                pl.col("done") & (pl.col("conn_end") + self.settings.window <= self._watermark)
-            ).get_column("conn")
+            horizon = pl.lit(self._watermark, UTC_US) - self.settings.window
+            ready = ends.filter(pl.col("done") & (pl.col("conn_end") <= horizon)).get_column("conn")
         released = keyed.filter(pl.col("conn").is_in(ready.implode()))
         rest = keyed.filter(~pl.col("conn").is_in(ready.implode()))
         rest, early, evicted = self._cap(rest, ends)
@@ -185,9 +193,9 @@ def is_final() -> pl.Expr:
     0 (start) or 101 (periodic): a WebSocket's last entry always carries a close flag such as
     UC, UR or DC, and an entry with no response carries the reason as a flag."""
     typed = pl.col("access_log_type").is_not_null()
-    untyped_periodic = pl.col("response_code").fill_null(0).is_in([0, 101]) & pl.col(
-        "response_flags"
-    ).is_null()
+    untyped_periodic = (
+        pl.col("response_code").fill_null(0).is_in([0, 101]) & pl.col("response_flags").is_null()
+    )
     return (
         pl.when(typed)
         .then(~pl.col("access_log_type").is_in(NOT_FINAL_TYPES))

@@ -1,0 +1,150 @@
+"""decode -> correlate -> classify, one batch at a time: the one pipeline both ``wslog analyze``
+(chunks of whole files, then ``flush``) and the exporter (micro-batches, forever) run.
+
+Pure: lines in, classified connections and line accounting out. What counts as a WebSocket is
+decided by the caller from ``Step.connections`` with ``classify.select_websockets`` and the
+running ``PathEvidence``, because analyze decides once at the end and the exporter as it goes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from analyzer.classify import classify, select_websockets, websocket_paths
+from analyzer.correlate import CorrelationSettings, Correlator
+from analyzer.decode import decode_framed
+from analyzer.formats import FormatSet, default_formats
+from analyzer.framing import Framed
+from analyzer.schema import CONNECTION_SCHEMA, REJECT_SCHEMA
+from analyzer.vocab import LineResult
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one batch produced."""
+
+    connections: pl.DataFrame  # CONNECTION_SCHEMA: HTTP connections released by this batch
+    lines: dict[LineResult, int]
+    rejects: pl.DataFrame  # REJECT_SCHEMA
+    evicted: dict[str, int]  # entries released early by the pending-size cap, per side
+    non_http: int  # connections made only of TCP entries, never WebSocket candidates
+
+
+@dataclass
+class PathEvidence:
+    """(destination_service, path) pairs that showed WebSocket evidence so far, capped."""
+
+    limit: int = 10_000
+    paths: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(
+            schema={"destination_service": pl.String, "path": pl.String}
+        )
+    )
+
+    def learn(self, connections: pl.DataFrame) -> None:
+        if self.paths.height >= self.limit:
+            return
+        found = websocket_paths(connections)
+        self.paths = pl.concat([self.paths, found]).unique(maintain_order=True).head(self.limit)
+
+
+@dataclass
+class Pipeline:
+    formats: FormatSet = field(default_factory=default_formats)
+    settings: CorrelationSettings = field(default_factory=CorrelationSettings)
+    keep_query: bool = False
+    correlator: Correlator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.correlator = Correlator(self.settings)
+
+    def feed(self, framed: Framed) -> Step:
+        """Decode deframed lines and correlate their entries with what is pending."""
+        decoded = decode_framed(framed, self.formats)
+        released = self.correlator.feed(decoded.entries)
+        return self._step(released.connections, decoded.counts, decoded.rejects, released.evicted)
+
+    def flush(self) -> Step:
+        """End of input: release everything pending."""
+        released = self.correlator.flush()
+        return self._step(released.connections, {}, pl.DataFrame(schema=REJECT_SCHEMA), {})
+
+    def release_finished(self) -> Step:
+        """Inputs are idle: release every connection that has its final entries, keep open ones."""
+        released = self.correlator.release_finished()
+        return self._step(
+            released.connections, {}, pl.DataFrame(schema=REJECT_SCHEMA), released.evicted
+        )
+
+    def _step(
+        self,
+        rows: pl.DataFrame,
+        counts: dict[LineResult, int],
+        rejects: pl.DataFrame,
+        evicted: dict[str, int],
+    ) -> Step:
+        http = rows.filter(pl.col("http"))
+        connections = classify(http, keep_query=self.keep_query)
+        lines = {result: counts.get(result, 0) for result in LineResult}
+        return Step(connections, lines, rejects, evicted, rows.height - http.height)
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """A whole run of ``wslog analyze``: the WebSocket connections and the line accounting."""
+
+    connections: pl.DataFrame  # CONNECTION_SCHEMA, WebSocket candidates only
+    lines: dict[LineResult, int]
+    rejects_by_reason: dict[str, int]
+    reject_examples: pl.DataFrame  # REJECT_SCHEMA, at most ``max_examples`` rows
+    left_out_http: int  # HTTP connections without WebSocket evidence (see --all)
+    non_http: int
+    evicted: dict[str, int]
+
+    @property
+    def total_lines(self) -> int:
+        return sum(self.lines.values())
+
+
+@dataclass
+class Analysis:
+    """Accumulates the steps of one run; decides what is a WebSocket once, at the end."""
+
+    max_examples: int = 10
+    _connections: list[pl.DataFrame] = field(default_factory=list)
+    _lines: Counter[LineResult] = field(default_factory=Counter)
+    _reasons: Counter[str] = field(default_factory=Counter)
+    _examples: list[pl.DataFrame] = field(default_factory=list)
+    _example_count: int = 0
+    _non_http: int = 0
+    _evicted: Counter[str] = field(default_factory=Counter)
+
+    def add(self, step: Step) -> None:
+        self._connections.append(step.connections)
+        self._lines.update(step.lines)
+        self._reasons.update(step.rejects.get_column("reason").to_list())
+        room = self.max_examples - self._example_count
+        if room > 0 and step.rejects.height:
+            self._examples.append(step.rejects.head(room))
+            self._example_count += min(room, step.rejects.height)
+        self._non_http += step.non_http
+        self._evicted.update(step.evicted)
+
+    def result(self, *, include_all: bool = False) -> AnalysisResult:
+        every = pl.concat([pl.DataFrame(schema=CONNECTION_SCHEMA), *self._connections])
+        evidence = PathEvidence(limit=1_000_000)
+        evidence.learn(every)
+        selected = select_websockets(every, evidence.paths, include_all=include_all)
+        examples = pl.concat([pl.DataFrame(schema=REJECT_SCHEMA), *self._examples])
+        return AnalysisResult(
+            connections=selected.sort("start_time", "request_id", nulls_last=True),
+            lines={result: self._lines[result] for result in LineResult},
+            rejects_by_reason=dict(self._reasons.most_common()),
+            reject_examples=examples,
+            left_out_http=every.height - selected.height,
+            non_http=self._non_http,
+            evicted=dict(self._evicted),
+        )

@@ -1,0 +1,242 @@
+"""Render an ``AnalysisResult``: the table a person reads, and the documents programs read.
+
+The JSON document is a stable contract (README "JSON output"):
+``{"lines": {...}, "malformed": {...}, "left_out": {...}, "summary": [...], "failures": [...],
+"connections": [...]}``. CSV and Parquet hold the connections, one row each, with the client and
+server entries flattened into ``client_*`` / ``server_*`` columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from analyzer.pipeline import AnalysisResult
+from analyzer.vocab import Cause, LineResult, explain
+
+SUMMARY_KEYS = ["destination_service", "upgrade_path", "outcome", "cause"]
+EXAMPLE_IDS = 3
+UPGRADE_HINT = (
+    'Add "upgrade": "%REQ(UPGRADE)%" to the mesh\'s access-log format (Telemetry or '
+    "meshConfig.accessLogFormat; see deploy/access-log) so every WebSocket is recognised, then "
+    "pass the format with --log-format."
+)
+
+
+def summary(connections: pl.DataFrame) -> pl.DataFrame:
+    """Connections counted by destination service, upgrade path, outcome and cause."""
+    pairing = pl.col("pairing")
+    return (
+        connections.group_by(SUMMARY_KEYS)
+        .agg(
+            pl.len().alias("connections"),
+            (pairing == "paired").sum().alias("paired"),
+            (pairing == "client-only").sum().alias("client_only"),
+            (pairing == "server-only").sum().alias("server_only"),
+            pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids"),
+        )
+        .sort(["destination_service", "upgrade_path", "outcome", "cause"], nulls_last=True)
+    )
+
+
+def failures(connections: pl.DataFrame) -> list[dict[str, Any]]:
+    """One record per failure cause and service, with the cause's explanation and remedy."""
+    failed = connections.filter(pl.col("outcome").is_in(["failed", "rejected"]))
+    grouped = (
+        failed.group_by("destination_service", "outcome", "cause")
+        .agg(
+            pl.len().alias("connections"),
+            pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids"),
+        )
+        .sort("connections", "destination_service", descending=[True, False], nulls_last=True)
+    )
+    records = grouped.to_dicts()
+    for record in records:
+        explanation = explain(Cause(record["cause"]))
+        record["explanation"] = explanation.summary if explanation else ""
+        record["remedy"] = explanation.remedy if explanation else ""
+    return records
+
+
+def document(result: AnalysisResult) -> dict[str, Any]:
+    lines = {str(k): v for k, v in result.lines.items()}
+    return {
+        "lines": {
+            "total": result.total_lines,
+            "entries": lines[LineResult.ENTRY],
+            "not_access_log": lines[LineResult.NOT_ACCESS_LOG],
+            "malformed": lines[LineResult.MALFORMED],
+        },
+        "malformed": {
+            "by_reason": result.rejects_by_reason,
+            "examples": result.reject_examples.to_dicts(),
+        },
+        "left_out": {
+            "http_connections": result.left_out_http,
+            "tcp_connections": result.non_http,
+            "hint": UPGRADE_HINT if result.left_out_http else "",
+        },
+        "evicted": result.evicted,
+        "summary": summary(result.connections).to_dicts(),
+        "failures": failures(result.connections),
+        "connections": result.connections.to_dicts(),
+    }
+
+
+def _default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def to_json(result: AnalysisResult) -> bytes:
+    return orjson.dumps(
+        document(result), default=_default, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC
+    )
+
+
+def to_ndjson(result: AnalysisResult) -> bytes:
+    rows = result.connections.to_dicts()
+    return b"".join(orjson.dumps(row, default=_default) + b"\n" for row in rows)
+
+
+def flat(connections: pl.DataFrame) -> pl.DataFrame:
+    """Connections with the client and server entries flattened, for CSV and Parquet."""
+    prefixed = [
+        pl.col(side).struct.unnest().name.prefix(f"{side}_") for side in ("client", "server")
+    ]
+    return connections.select(pl.exclude("client", "server"), *prefixed)
+
+
+def write_binary(result: AnalysisResult, fmt: str, out: Path | IO[bytes]) -> None:
+    """Write ``json``, ``ndjson``, ``csv`` or ``parquet`` to a path or a binary stream."""
+    writers: dict[str, Callable[[], bytes | None]] = {
+        "json": lambda: to_json(result),
+        "ndjson": lambda: to_ndjson(result),
+        "csv": lambda: flat(result.connections).write_csv().encode(),
+    }
+    if fmt == "parquet":
+        flat(result.connections).write_parquet(out)
+        return
+    payload = writers[fmt]()
+    assert payload is not None
+    if isinstance(out, Path):
+        out.write_bytes(payload)
+    else:
+        out.write(payload)
+
+
+def render_table(result: AnalysisResult, console: Console, *, connections: bool = False) -> None:
+    """The human report: summary, failures with remedies, unpaired counts, line accounting."""
+    conns = result.connections
+    if conns.height == 0:
+        console.print("[yellow]No WebSocket connections found.[/yellow]")
+    else:
+        console.print(_summary_table(conns))
+    for record in failures(conns):
+        _print_failure(console, record)
+    if connections and conns.height:
+        console.print(_connections_table(conns))
+    _print_pairing(console, conns)
+    _print_lines(console, result)
+
+
+def _summary_table(conns: pl.DataFrame) -> Table:
+    table = Table(title="WebSocket connections", title_justify="left")
+    for name in ("destination service", "upgrade path", "outcome", "cause", "connections"):
+        table.add_column(name, justify="right" if name == "connections" else "left")
+    table.add_column("paired / client-only / server-only")
+    for row in summary(conns).iter_rows(named=True):
+        style = OUTCOME_STYLE.get(row["outcome"], "")
+        table.add_row(
+            row["destination_service"] or "unknown",
+            row["upgrade_path"],
+            f"[{style}]{row['outcome']}[/{style}]" if style else row["outcome"],
+            row["cause"] or "-",
+            str(row["connections"]),
+            f"{row['paired']} / {row['client_only']} / {row['server_only']}",
+        )
+    return table
+
+
+CONNECTION_COLUMNS = (
+    "start_time",
+    "request_id",
+    "destination_service",
+    "path",
+    "upgrade_path",
+    "outcome",
+    "cause",
+    "pairing",
+    "response_code",
+    "duration_ms",
+)
+OUTCOME_STYLE = {"upgraded": "green", "rejected": "yellow", "failed": "red", "open": "cyan"}
+
+
+def _print_failure(console: Console, record: dict[str, Any]) -> None:
+    ids = ", ".join(record["example_request_ids"]) or "none logged"
+    console.print(
+        f"\n[bold red]{record['outcome']}: {record['cause']}[/bold red] "
+        f"({record['connections']} on {record['destination_service'] or 'unknown'})\n"
+        f"  why:    {record['explanation']}\n"
+        f"  fix:    {record['remedy']}\n"
+        f"  e.g.:   request ids {ids}",
+        highlight=False,
+    )
+
+
+def _connections_table(conns: pl.DataFrame) -> Table:
+    table = Table(title="Connections", title_justify="left")
+    columns = CONNECTION_COLUMNS
+    for name in columns:
+        table.add_column(name)
+    for row in conns.select(columns).iter_rows():
+        table.add_row(*("-" if v is None or v == "" else str(v) for v in row))
+    return table
+
+
+def _print_pairing(console: Console, conns: pl.DataFrame) -> None:
+    counts = dict(conns.group_by("pairing").len().iter_rows())
+    unpaired = counts.get("client-only", 0) + counts.get("server-only", 0)
+    if unpaired:
+        console.print(
+            f"\n[yellow]{unpaired} unpaired[/yellow]: {counts.get('client-only', 0)} client-only, "
+            f"{counts.get('server-only', 0)} server-only (the other sidecar's log was not given, "
+            "does not log, or its clock is off by more than --clock-skew).",
+            highlight=False,
+        )
+
+
+def _print_lines(console: Console, result: AnalysisResult) -> None:
+    lines = result.lines
+    console.print(
+        f"\nlines: {result.total_lines} total, {lines[LineResult.ENTRY]} entries, "
+        f"{lines[LineResult.NOT_ACCESS_LOG]} not access-log, "
+        f"{lines[LineResult.MALFORMED]} malformed",
+        highlight=False,
+    )
+    for reason, count in result.rejects_by_reason.items():
+        console.print(f"  malformed ({reason}): {count}", highlight=False)
+    for ex in result.reject_examples.iter_rows(named=True):
+        console.print(
+            f"    {ex['source']}:{ex['line_no']}: {ex['reason']}: {ex['detail']}",
+            highlight=False,
+            markup=False,
+        )
+    shown = result.reject_examples.height
+    if lines[LineResult.MALFORMED] > shown:
+        console.print(f"    ... and {lines[LineResult.MALFORMED] - shown} more", highlight=False)
+    if result.left_out_http:
+        console.print(
+            f"{result.left_out_http} HTTP requests showed no WebSocket evidence and were left "
+            f"out (--all keeps them). {UPGRADE_HINT}",
+            highlight=False,
+        )
