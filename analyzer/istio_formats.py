@@ -3,11 +3,21 @@
 The lab configures its Envoys with these exact strings, and the decoder recognises them, so both
 sides of the project agree on what "Istio's default format" is. Generations of the TEXT format are
 kept because saved logs from old clusters are still analysed.
+
+Generations (istio/istio ``pilot/pkg/model/telemetry_logging.go`` and its predecessors):
+- up to 1.7: ``"%DYNAMIC_METADATA(istio.mixer:status)%"`` after the flags (Mixer);
+- 1.8: Mixer field dropped;
+- 1.9: ``%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%`` added (istio/istio#27903);
+- 1.23: ``%UPSTREAM_CLUSTER%`` replaced by ``%UPSTREAM_CLUSTER_RAW%`` in TEXT for proxies >= 1.23
+  (istio/istio#52384, cherry-picked to release-1.23), and in JSON later (istio/istio#54224,
+  fixing istio/istio#54219: the JSON field showed the cluster's ``alt_stat_name`` with a trailing
+  ``;``). The TEXT layout is unchanged, so a 1.23+ line is indistinguishable from a 1.9 line; the
+  decoder strips that trailing ``;`` from ``upstream_cluster`` whatever the generation.
 """
 
 from __future__ import annotations
 
-# Istio's default JSON encoding (meshConfig.accessLogEncoding: JSON): key -> Envoy operator.
+# Istio's current default JSON encoding (meshConfig.accessLogEncoding: JSON): key -> operator.
 ISTIO_JSON_FORMAT: dict[str, str] = {
     "start_time": "%START_TIME%",
     "method": "%REQ(:METHOD)%",
@@ -27,7 +37,7 @@ ISTIO_JSON_FORMAT: dict[str, str] = {
     "request_id": "%REQ(X-REQUEST-ID)%",
     "authority": "%REQ(:AUTHORITY)%",
     "upstream_host": "%UPSTREAM_HOST%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",  # %UPSTREAM_CLUSTER% before Istio 1.25
     "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
     "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
@@ -37,7 +47,7 @@ ISTIO_JSON_FORMAT: dict[str, str] = {
 
 _HEAD = '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
 _TAIL = (
-    '%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% '
+    "%BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "
     '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" '
     '"%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% '
     "%DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
@@ -56,9 +66,13 @@ ISTIO_TEXT_FORMATS: dict[str, str] = {
     + "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
     + '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
     + _TAIL,
+    "istio-text-1.23": _HEAD
+    + "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    + '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" '
+    + _TAIL.replace("%UPSTREAM_CLUSTER%", "%UPSTREAM_CLUSTER_RAW%"),
 }
 
-ISTIO_TEXT_FORMAT = ISTIO_TEXT_FORMATS["istio-text-1.9"]
+ISTIO_TEXT_FORMAT = ISTIO_TEXT_FORMATS["istio-text-1.23"]
 
 # Envoy's own default format (no Istio): what a bare Envoy writes with no log_format.
 ENVOY_DEFAULT_FORMAT = (

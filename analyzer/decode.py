@@ -1,0 +1,352 @@
+"""Decode: framed lines (LINE_SCHEMA) become access-log entries (ENTRY_SCHEMA).
+
+Each line is tried against the formats of a ``FormatSet``: lines starting with ``{`` go through
+one ``str.json_decode`` with a declared struct of every JSON format's keys, the others through
+each TEXT format's regex (``str.extract_groups``). Both are vectorised; Python looks at a single
+line only when the fast path rejected it, to name the reason. Every line ends up as exactly one
+of an entry, ``not_access_log`` (Envoy's and pilot-agent's own messages, blank lines, foreign
+JSON) or ``malformed`` (it looks like an entry of a known format but cannot be decoded).
+Pure: no I/O, no clocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+import orjson
+import polars as pl
+
+from analyzer.formats import Format, FormatSet, ValueType, chrono_format
+from analyzer.framing import Framed
+from analyzer.schema import ENTRY_SCHEMA, LINE_SCHEMA, REJECT_SCHEMA, conform, empty
+from analyzer.vocab import LineResult, RejectReason
+
+_ROW = "_row"
+_JSON = "json:"
+_BAD = "_bad"
+_META = [_ROW, "source", "line_no", "log_time"]
+_MIN_KEYS = 3
+_LEAF = 32
+_DEFAULT_TIME = "%Y-%m-%dT%H:%M:%S%.fZ"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One decoded chunk: entries, rejected lines, and how many lines had each result."""
+
+    entries: pl.DataFrame
+    rejects: pl.DataFrame
+    counts: dict[LineResult, int] = field(default_factory=dict)
+
+    @property
+    def lines(self) -> int:
+        return sum(self.counts.values())
+
+    def count(self, result: LineResult) -> int:
+        return self.counts.get(result, 0)
+
+    @staticmethod
+    def concat(parts: Sequence[Decoded]) -> Decoded:
+        entries = _concat([p.entries for p in parts], ENTRY_SCHEMA)
+        rejects = _concat([p.rejects for p in parts], REJECT_SCHEMA)
+        return Decoded(entries, rejects, _sum_counts([p.counts for p in parts]))
+
+
+@dataclass(frozen=True)
+class _Part:
+    entries: list[pl.DataFrame]
+    rejects: list[pl.DataFrame]
+
+
+def decode(lines: pl.DataFrame, formats: FormatSet) -> Decoded:
+    """Decode ``lines`` (LINE_SCHEMA) with ``formats``; never raises on any line's content."""
+    frame = conform(lines, LINE_SCHEMA).with_row_index(_ROW)
+    is_json = frame["text"].str.starts_with("{")
+    json_part = _decode_json(frame.filter(is_json), formats.json)
+    text_part = _decode_text(frame.filter(~is_json), formats.text)
+    entries = _concat([*json_part.entries, *text_part.entries], {**ENTRY_SCHEMA, _ROW: pl.UInt32()})
+    rejects = _concat(
+        [*json_part.rejects, *text_part.rejects], {**REJECT_SCHEMA, _ROW: pl.UInt32()}
+    )
+    counts = {
+        LineResult.ENTRY: entries.height,
+        LineResult.MALFORMED: rejects.height,
+        LineResult.NOT_ACCESS_LOG: frame.height - entries.height - rejects.height,
+    }
+    entries = conform(entries.sort(_ROW), ENTRY_SCHEMA)
+    return Decoded(entries, conform(rejects.sort(_ROW), REJECT_SCHEMA), counts)
+
+
+def decode_framed(framed: Framed, formats: FormatSet) -> Decoded:
+    """Decode a Deframer's output; its framing rejects count as malformed lines."""
+    decoded = decode(framed.lines, formats)
+    counts = dict(decoded.counts)
+    counts[LineResult.MALFORMED] = counts.get(LineResult.MALFORMED, 0) + framed.rejects.height
+    rejects = _concat([framed.rejects, decoded.rejects], REJECT_SCHEMA)
+    return Decoded(decoded.entries, rejects, counts)
+
+
+# ---- JSON -------------------------------------------------------------------------------------
+
+
+def _decode_json(frame: pl.DataFrame, formats: Sequence[Format]) -> _Part:
+    if frame.height == 0 or not formats:
+        return _Part([], [])
+    keys = list(dict.fromkeys(f.key for fmt in formats for f in fmt.fields))
+    dtype = pl.Struct({k: pl.String for k in keys})
+    structs, errors = _json_decode(frame["text"], dtype)
+    values = structs.struct.unnest()
+    values = values.rename({k: _JSON + k for k in values.columns}).with_columns(frame.select(_META))
+    choice = _choose_json_format(values, formats)
+    values = values.with_columns(_fmt=choice[0], _score=choice[1], _err=errors)
+    rejects = [_json_rejects(values, frame, formats)]
+    entries = []
+    for i, fmt in enumerate(formats):
+        rows = values.filter((pl.col("_fmt") == i) & _is_entry(fmt))
+        entries.append(_normalise(rows, fmt, _JSON))
+    return _split_bad(entries, rejects, frame)
+
+
+def _json_decode(texts: pl.Series, dtype: pl.Struct) -> tuple[pl.Series, pl.Series]:
+    """``str.json_decode`` that isolates failing lines (bisection) and decodes them one by one."""
+    try:
+        decoded = texts.str.json_decode(dtype)
+        if decoded.len() == texts.len():
+            return decoded, pl.Series([None] * texts.len(), dtype=pl.String)
+    except pl.exceptions.PolarsError:
+        pass
+    if texts.len() > _LEAF:
+        half = texts.len() // 2
+        first, second = _json_decode(texts[:half], dtype), _json_decode(texts[half:], dtype)
+        return pl.concat([first[0], second[0]]), pl.concat([first[1], second[1]])
+    rows = [_json_line(t, list(dtype.to_schema())) for t in texts.to_list()]
+    values = pl.Series([r if isinstance(r, dict) else None for r in rows], dtype=dtype)
+    errors = pl.Series([r if isinstance(r, str) else None for r in rows], dtype=pl.String)
+    return values, errors
+
+
+def _json_line(text: str | None, keys: list[str]) -> dict[str, str | None] | str:
+    """One line the fast path could not take: its values as strings, or why it is not JSON."""
+    try:
+        obj = orjson.loads(text or "")
+    except orjson.JSONDecodeError as exc:
+        truncated = not (text or "").rstrip().endswith("}")
+        return f"{'truncated' if truncated else 'invalid'}:{exc}"
+    if not isinstance(obj, dict):
+        return "invalid:not a JSON object"
+    return {k: _json_value(obj.get(k)) for k in keys}
+
+
+def _json_value(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
+def _choose_json_format(
+    values: pl.DataFrame, formats: Sequence[Format]
+) -> tuple[pl.Series, pl.Series]:
+    """Per line, the JSON format with the most keys present (the first on ties)."""
+    best_idx = pl.Series([0] * values.height, dtype=pl.Int32)
+    best = pl.Series([-1] * values.height, dtype=pl.Int32)
+    for i, fmt in enumerate(formats):
+        score = values.select(pl.sum_horizontal(_present(fmt)).cast(pl.Int32)).to_series()
+        better = score > best
+        best_idx = best_idx.zip_with(~better, pl.Series([i] * values.height, dtype=pl.Int32))
+        best = best.zip_with(~better, score)
+    return best_idx, best
+
+
+def _threshold(fmt: Format) -> int:
+    return min(_MIN_KEYS, len(fmt.fields))
+
+
+def _present(fmt: Format) -> list[pl.Expr]:
+    return [pl.col(_JSON + f.key).is_not_null().cast(pl.Int32) for f in fmt.fields]
+
+
+def _time_key(fmt: Format) -> str | None:
+    found = fmt.columns().get("start_time")
+    return _JSON + found.key if found else None
+
+
+def _is_entry(fmt: Format) -> pl.Expr:
+    enough = pl.col("_score") >= _threshold(fmt)
+    key = _time_key(fmt)
+    return enough & pl.col(key).is_not_null() if key else enough
+
+
+def _json_rejects(
+    values: pl.DataFrame, frame: pl.DataFrame, formats: Sequence[Format]
+) -> pl.DataFrame:
+    invalid = values.filter(pl.col("_err").is_not_null())
+    reason = pl.when(pl.col("_err").str.starts_with("truncated")).then(
+        pl.lit(RejectReason.TRUNCATED.value)
+    )
+    invalid_rows = invalid.with_columns(
+        reason=reason.otherwise(pl.lit(RejectReason.INVALID_JSON.value)),
+        detail=pl.col("_err").str.split_exact(":", 1).struct.field("field_1").str.slice(0, 120),
+    )
+    missing = pl.lit(False)
+    for i, fmt in enumerate(formats):
+        key = _time_key(fmt)
+        if key is not None:
+            shaped = (pl.col("_fmt") == i) & (pl.col("_score") >= _threshold(fmt))
+            missing = missing | (shaped & pl.col(key).is_null())
+    missing_rows = values.filter(missing & pl.col("_err").is_null()).with_columns(
+        reason=pl.lit(RejectReason.MISSING_FIELD.value),
+        detail=pl.lit("an access-log JSON object without its start time"),
+    )
+    return _reject_frame(pl.concat([invalid_rows, missing_rows], how="diagonal_relaxed"), frame)
+
+
+# ---- TEXT -------------------------------------------------------------------------------------
+
+
+def _decode_text(frame: pl.DataFrame, formats: Sequence[Format]) -> _Part:
+    if frame.height == 0 or not formats:
+        return _Part([], [])
+    probes = pl.any_horizontal([pl.col("text").str.contains(f.probe) for f in formats])
+    remaining = frame.filter(probes)
+    entries = []
+    for fmt in formats:
+        if remaining.height == 0:
+            break
+        groups = remaining["text"].str.extract_groups(fmt.pattern).struct.unnest()
+        hit = groups["m"].is_not_null()
+        matched = remaining.select(_META).filter(hit)
+        entries.append(_normalise(pl.concat([matched, groups.filter(hit)], how="horizontal"), fmt))
+        remaining = remaining.filter(~hit)
+    return _split_bad(entries, [_text_rejects(remaining, formats)], frame)
+
+
+def _text_rejects(frame: pl.DataFrame, formats: Sequence[Format]) -> pl.DataFrame:
+    reasons = [_diagnose(t or "", formats) for t in frame["text"].to_list()]
+    rows = frame.with_columns(
+        reason=pl.Series([r[0].value for r in reasons], dtype=pl.String),
+        detail=pl.Series([r[1] for r in reasons], dtype=pl.String),
+    )
+    return _reject_frame(rows, frame)
+
+
+def _diagnose(text: str, formats: Sequence[Format]) -> tuple[RejectReason, str]:
+    """Why ``text`` matches no format: the format it got furthest into, and where it stopped."""
+    best_fmt, best_k, best_end = formats[0], -1, 0
+    for fmt in formats:
+        k, end = _furthest(fmt, text)
+        if (end, k) > (best_end, best_k):
+            best_fmt, best_k, best_end = fmt, k, end
+    if best_k >= len(best_fmt.steps):
+        return (
+            RejectReason.FORMAT_MISMATCH,
+            f"{best_fmt.name}: unexpected text after the last field",
+        )
+    expected = best_fmt.labels[best_k]
+    if best_end >= len(text):
+        return RejectReason.TRUNCATED, f"{best_fmt.name}: line ends before {expected}"
+    found = text[best_end : best_end + 24]
+    detail = f"{best_fmt.name}: expected {expected} at column {best_end + 1}, found {found!r}"
+    return RejectReason.FORMAT_MISMATCH, detail
+
+
+def _furthest(fmt: Format, text: str) -> tuple[int, int]:
+    """The most tokens of ``fmt`` a prefix of ``text`` matches, and where that prefix ends."""
+    for k in range(len(fmt.steps), 0, -1):
+        match = _prefix_regex(fmt.steps[:k]).match(text)
+        if match is not None:
+            return k, match.end()
+    return 0, 0
+
+
+@cache
+def _prefix_regex(steps: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("".join(steps))
+
+
+# ---- shared -----------------------------------------------------------------------------------
+
+
+def _normalise(raw: pl.DataFrame, fmt: Format, prefix: str = "") -> pl.DataFrame:
+    """Typed ENTRY columns from a format's raw string values; ``_bad`` names a bad value."""
+    exprs: list[pl.Expr] = [pl.col(c) for c in _META]
+    bad: list[pl.Expr] = []
+    for column, fld in fmt.columns().items():
+        raw_value = pl.col(prefix + fld.key)
+        clean = pl.when(raw_value == "-").then(None).otherwise(raw_value)
+        value = _typed(clean, column, fld.value_type, fld.time_format)
+        exprs.append(value.alias(column))
+        if fld.value_type is not ValueType.STRING:
+            message = pl.concat_str(
+                pl.lit(f"{column}: not a valid value: "), clean.str.slice(0, 40)
+            )
+            bad.append(pl.when(clean.is_not_null() & value.is_null()).then(message))
+    exprs.append((pl.coalesce(bad) if bad else pl.lit(None, pl.String)).alias(_BAD))
+    out = raw.select(exprs).with_columns(format=pl.lit(fmt.name))
+    if "upstream_cluster" in out.columns:
+        out = out.with_columns(pl.col("upstream_cluster").str.strip_suffix(";"))
+    return out
+
+
+def _typed(clean: pl.Expr, column: str, kind: ValueType, time_format: str | None) -> pl.Expr:
+    if kind is ValueType.INT:
+        return clean.cast(ENTRY_SCHEMA[column], strict=False)
+    if kind is ValueType.TIME:
+        return _time(clean, time_format)
+    return clean
+
+
+def _time(clean: pl.Expr, time_format: str | None) -> pl.Expr:
+    if time_format is None:
+        return clean.str.to_datetime(_DEFAULT_TIME, time_unit="us", time_zone="UTC", strict=False)
+    if time_format.startswith("%s"):
+        micros = (
+            (clean.cast(pl.Float64, strict=False) * 1_000_000).round().cast(pl.Int64, strict=False)
+        )
+        return pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
+    chrono = chrono_format(time_format)
+    return clean.str.to_datetime(chrono, time_unit="us", time_zone="UTC", strict=False)
+
+
+def _split_bad(
+    entries: list[pl.DataFrame], rejects: list[pl.DataFrame], frame: pl.DataFrame
+) -> _Part:
+    """Entries with a bad value become BAD_FIELD rejects."""
+    good, bad = [], list(rejects)
+    for part in entries:
+        good.append(part.filter(pl.col(_BAD).is_null()).drop(_BAD))
+        rows = part.filter(pl.col(_BAD).is_not_null())
+        rows = rows.select(_ROW, reason=pl.lit(RejectReason.BAD_FIELD.value), detail=pl.col(_BAD))
+        bad.append(_reject_frame(rows, frame))
+    return _Part(good, bad)
+
+
+def _reject_frame(rows: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
+    joined = rows.select(_ROW, "reason", "detail").join(frame, on=_ROW, how="left")
+    return joined.select(
+        _ROW,
+        "source",
+        "line_no",
+        "reason",
+        "detail",
+        excerpt=pl.col("text").str.slice(0, 200),
+    )
+
+
+def _concat(frames: Sequence[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    frames = [f for f in frames if f.height]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else empty(schema)
+
+
+def _sum_counts(counts: Sequence[dict[LineResult, int]]) -> dict[LineResult, int]:
+    out = dict.fromkeys(LineResult, 0)
+    for c in counts:
+        for key, value in c.items():
+            out[key] += value
+    return out

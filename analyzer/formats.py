@@ -1,0 +1,336 @@
+"""The format compiler: an Envoy/Istio access-log format becomes a parser description.
+
+A format string (``[%START_TIME%] "%REQ(:METHOD)% ..."``) compiles to one anchored regex with a
+named group per operator, so the decoder can run it over a whole polars Series at once
+(``str.extract_groups``). A JSON format object (``{"key": "%OPERATOR%", ...}``) compiles to the
+list of keys to pull out of ``str.json_decode``. Either way each operator is mapped to its
+ENTRY_SCHEMA column, so a field is understood under whatever key or position the user gave it.
+Unknown operators are kept as anonymous fields: they must match, but their values are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from analyzer.errors import FormatError
+from analyzer.istio_formats import (
+    ENVOY_DEFAULT_FORMAT,
+    ISTIO_JSON_FORMAT,
+    ISTIO_TEXT_FORMATS,
+    WSLOG_EXTRA_FIELDS,
+)
+
+
+class FormatKind(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class ValueType(StrEnum):
+    STRING = "string"
+    INT = "int"
+    TIME = "time"
+
+
+# Operator (name and header argument as normalised by ``_normalise``) -> ENTRY_SCHEMA column.
+OPERATOR_COLUMNS: dict[str, str] = {
+    "START_TIME": "start_time",
+    "REQ(:METHOD)": "method",
+    "REQ(X-ENVOY-ORIGINAL-PATH)": "path",
+    "REQ(:PATH)": "path",
+    "REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH)": "path",
+    "REQ_WITHOUT_QUERY(:PATH)": "path",
+    "PROTOCOL": "protocol",
+    "RESPONSE_CODE": "response_code",
+    "RESPONSE_FLAGS": "response_flags",
+    "RESPONSE_CODE_DETAILS": "response_code_details",
+    "CONNECTION_TERMINATION_DETAILS": "connection_termination_details",
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": "upstream_transport_failure_reason",
+    "BYTES_RECEIVED": "bytes_received",
+    "BYTES_SENT": "bytes_sent",
+    "DURATION": "duration_ms",
+    "RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)": "upstream_service_time_ms",
+    "REQ(X-FORWARDED-FOR)": "x_forwarded_for",
+    "REQ(USER-AGENT)": "user_agent",
+    "REQ(X-REQUEST-ID)": "request_id",
+    "REQ(:AUTHORITY)": "authority",
+    "REQ(HOST)": "authority",
+    "UPSTREAM_HOST": "upstream_host",
+    "UPSTREAM_CLUSTER": "upstream_cluster",
+    "UPSTREAM_CLUSTER_RAW": "upstream_cluster",
+    "UPSTREAM_LOCAL_ADDRESS": "upstream_local_address",
+    "DOWNSTREAM_LOCAL_ADDRESS": "downstream_local_address",
+    "DOWNSTREAM_REMOTE_ADDRESS": "downstream_remote_address",
+    "REQUESTED_SERVER_NAME": "requested_server_name",
+    "ROUTE_NAME": "route_name",
+    "UPSTREAM_PROTOCOL": "upstream_protocol",
+    "ACCESS_LOG_TYPE": "access_log_type",
+    "REQ(UPGRADE)": "upgrade",
+    "CONNECTION_ID": "connection_id",
+}
+
+INT_COLUMNS = frozenset(
+    {
+        "response_code",
+        "bytes_received",
+        "bytes_sent",
+        "duration_ms",
+        "upstream_service_time_ms",
+        "connection_id",
+    }
+)
+
+_OPERATOR = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(((?:[^()%]|%[^%()]*)*)\))?(?::(\d+))?%")
+_TIME_DEFAULT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z"
+_INT = r"-?\d+|-"
+_META = set("\\.+*?()|[]{}^$")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One operator of a format: where it sits (``key``) and what it means (``column``)."""
+
+    operator: str
+    key: str
+    column: str | None
+    time_format: str | None = None
+
+    @property
+    def value_type(self) -> ValueType:
+        if self.column == "start_time":
+            return ValueType.TIME
+        return ValueType.INT if self.column in INT_COLUMNS else ValueType.STRING
+
+
+@dataclass(frozen=True)
+class Format:
+    """A compiled access-log format.
+
+    For TEXT formats ``pattern`` is the whole-line regex (group ``m`` marks a match, group
+    ``f<i>`` holds field i), ``probe`` the regex of the format's head (a line matching it is an
+    attempt at this format, so a failure to match ``pattern`` is malformed, not foreign), and
+    ``steps`` one regex per token, used only to explain why a line did not match.
+    """
+
+    name: str
+    kind: FormatKind
+    fields: tuple[Field, ...]
+    pattern: str = ""
+    probe: str = ""
+    steps: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+    def columns(self) -> dict[str, Field]:
+        """The first field mapped to each ENTRY column."""
+        out: dict[str, Field] = {}
+        for field in self.fields:
+            if field.column is not None and field.column not in out:
+                out[field.column] = field
+        return out
+
+
+@dataclass(frozen=True)
+class FormatSet:
+    """The formats a decode tries, in priority order (user formats first)."""
+
+    formats: tuple[Format, ...]
+
+    @property
+    def text(self) -> tuple[Format, ...]:
+        return tuple(f for f in self.formats if f.kind is FormatKind.TEXT)
+
+    @property
+    def json(self) -> tuple[Format, ...]:
+        return tuple(f for f in self.formats if f.kind is FormatKind.JSON)
+
+    def with_formats(self, *formats: Format) -> FormatSet:
+        return FormatSet(_dedupe((*formats, *self.formats)))
+
+
+def default_formats() -> FormatSet:
+    """Istio's JSON (with wslog's extra fields), every Istio TEXT generation, Envoy's default."""
+    json_format = compile_json("istio-json", {**ISTIO_JSON_FORMAT, **WSLOG_EXTRA_FIELDS})
+    order = sorted(ISTIO_TEXT_FORMATS, key=lambda name: name != "istio-text-1.9")
+    texts = [compile_text(name, ISTIO_TEXT_FORMATS[name]) for name in order]
+    envoy = compile_text("envoy-default", ENVOY_DEFAULT_FORMAT)
+    return FormatSet(_dedupe((json_format, *texts, envoy)))
+
+
+def parse_log_format(spec: str, name: str = "custom") -> Format:
+    """Compile a ``--log-format`` value: a JSON format object or an Envoy format string."""
+    stripped = spec.strip()
+    if stripped.startswith("{"):
+        try:
+            obj = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise FormatError(
+                f"--log-format looks like a JSON object but is not valid JSON ({exc}); "
+                "quote it for your shell or put it in a file and pass @file."
+            ) from exc
+        return compile_json(name, obj)
+    return compile_text(name, spec)
+
+
+def compile_json(name: str, fmt: Mapping[str, object]) -> Format:
+    fields = []
+    for key, value in fmt.items():
+        if not isinstance(value, str):
+            continue
+        match = _OPERATOR.fullmatch(value.strip())
+        if match is not None:
+            fields.append(_field(match, key))
+    if not fields:
+        raise FormatError(
+            f"the JSON format {name!r} has no value that is a single %OPERATOR%; "
+            'give it like {"start_time": "%START_TIME%", "code": "%RESPONSE_CODE%"}.'
+        )
+    return Format(name, FormatKind.JSON, tuple(fields))
+
+
+def compile_text(name: str, fmt: str) -> Format:
+    tokens = _tokenise(_strip_newline(fmt))
+    fields = tuple(t for t in tokens if isinstance(t, Field))
+    if not fields:
+        raise FormatError(
+            f"the format {name!r} has no %OPERATOR%; give an Envoy format string such as "
+            "'[%START_TIME%] \"%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL%\" %RESPONSE_CODE%'."
+        )
+    steps = tuple(_token_regex(tokens, i) for i in range(len(tokens)))
+    grouped = [_group(tok, step) for tok, step in zip(tokens, steps, strict=True)]
+    pattern = "^(?P<m>)" + "".join(grouped) + r"(?: .*)?$"
+    head = next(i for i, tok in enumerate(tokens) if isinstance(tok, Field))
+    probe = "^" + "".join(steps[: head + 2])
+    labels = tuple(_label(tok) for tok in tokens)
+    return Format(name, FormatKind.TEXT, fields, pattern, probe, steps, labels)
+
+
+def _field(match: re.Match[str], key: str) -> Field:
+    name, arg = match.group(1), match.group(2)
+    operator = _normalise(name, arg)
+    column = OPERATOR_COLUMNS.get(operator)
+    time_format = arg if name == "START_TIME" and arg else None
+    return Field(operator, key, column, time_format)
+
+
+def _normalise(name: str, arg: str | None) -> str:
+    """``REQ(x-envoy-original-path?:path)`` -> ``REQ(X-ENVOY-ORIGINAL-PATH)``: first header."""
+    if arg is None or name == "START_TIME":
+        return name
+    if name in {"REQ", "RESP", "TRAILER", "REQ_WITHOUT_QUERY"}:
+        return f"{name}({arg.split('?')[0].strip().upper()})"
+    return f"{name}({arg})"
+
+
+def _strip_newline(fmt: str) -> str:
+    out = fmt.rstrip("\n")
+    while out.endswith("\\n"):
+        out = out[:-2]
+    return out
+
+
+def _tokenise(fmt: str) -> list[str | Field]:
+    tokens: list[str | Field] = []
+    pos = 0
+    for match in _OPERATOR.finditer(fmt):
+        if match.start() > pos:
+            tokens.append(fmt[pos : match.start()])
+        tokens.append(_field(match, f"f{sum(isinstance(t, Field) for t in tokens)}"))
+        pos = match.end()
+    if pos < len(fmt):
+        tokens.append(fmt[pos:])
+    return tokens
+
+
+def _token_regex(tokens: list[str | Field], i: int) -> str:
+    token = tokens[i]
+    if isinstance(token, str):
+        return escape(token)
+    nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+    return f"(?:{_value_regex(token, nxt)})"
+
+
+def _value_regex(field: Field, nxt: str | Field | None) -> str:
+    if field.value_type is ValueType.INT:
+        return _INT
+    if field.value_type is ValueType.TIME:
+        return strftime_regex(field.time_format) if field.time_format else _TIME_DEFAULT
+    if isinstance(nxt, str) and nxt[0] not in " \t":
+        return f"[^{escape(nxt[0])}]*"
+    return r"\S+"
+
+
+def _group(token: str | Field, step: str) -> str:
+    return f"(?P<{token.key}>{step})" if isinstance(token, Field) else step
+
+
+def _label(token: str | Field) -> str:
+    return f"%{token.operator}%" if isinstance(token, Field) else repr(token)
+
+
+def _dedupe(formats: tuple[Format, ...]) -> tuple[Format, ...]:
+    """Drop formats whose parser equals an earlier one's (e.g. Istio 1.9 and 1.23 TEXT)."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for fmt in formats:
+        signature = (fmt.kind, fmt.pattern, tuple(replace(f, operator="") for f in fmt.fields))
+        if signature not in seen:
+            seen.add(signature)
+            out.append(fmt)
+    return tuple(out)
+
+
+def escape(text: str) -> str:
+    """Escape regex metacharacters in a way both Python ``re`` and Rust ``regex`` accept."""
+    return "".join("\\" + c if c in _META else c for c in text)
+
+
+_STRFTIME_REGEX = {
+    "Y": r"\d{4}",
+    "y": r"\d\d",
+    "m": r"\d\d",
+    "d": r"\d\d",
+    "e": r" ?\d{1,2}",
+    "H": r"\d\d",
+    "M": r"\d\d",
+    "S": r"\d\d",
+    "j": r"\d{3}",
+    "s": r"\d+",
+    "f": r"\d{9}",
+    "z": r"[+-]\d\d:?\d\d",
+    "Z": r"[A-Za-z]+",
+    "b": r"[A-Za-z]{3}",
+    "a": r"[A-Za-z]{3}",
+    "T": r"\d\d:\d\d:\d\d",
+    "F": r"\d{4}-\d\d-\d\d",
+    "%": "%",
+}
+_DIRECTIVE = re.compile(r"%(E(\d)S|(\d)f|.)")
+
+
+def strftime_regex(fmt: str) -> str:
+    """A regex matching what Envoy writes for ``%START_TIME(fmt)%``."""
+    out, pos = [], 0
+    for match in _DIRECTIVE.finditer(fmt):
+        out.append(escape(fmt[pos : match.start()]))
+        out.append(_directive_regex(match))
+        pos = match.end()
+    out.append(escape(fmt[pos:]))
+    return "".join(out)
+
+
+def _directive_regex(match: re.Match[str]) -> str:
+    if match.group(2):
+        return rf"\d\d\.\d{{{match.group(2)}}}"
+    if match.group(3):
+        return rf"\d{{{match.group(3)}}}"
+    return _STRFTIME_REGEX.get(match.group(1), r"\S+?")
+
+
+def chrono_format(fmt: str) -> str:
+    """Envoy's strftime dialect -> the chrono dialect polars parses with."""
+    out = re.sub(r"%E(\d)S", r"%S%.\1f", fmt)
+    return re.sub(r"%f", "%9f", out)
