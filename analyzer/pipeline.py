@@ -9,7 +9,8 @@ running ``PathEvidence``, because analyze decides once at the end and the export
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 import polars as pl
 
@@ -31,6 +32,7 @@ class Step:
     rejects: pl.DataFrame  # REJECT_SCHEMA
     evicted: dict[str, int]  # entries released early by the pending-size cap, per side
     non_http: int  # connections made only of TCP entries, never WebSocket candidates
+    newest: dict[str, datetime] = field(default_factory=dict)  # newest entry end per source
 
 
 @dataclass
@@ -65,7 +67,8 @@ class Pipeline:
         """Decode deframed lines and correlate their entries with what is pending."""
         decoded = decode_framed(framed, self.formats)
         released = self.correlator.feed(decoded.entries)
-        return self._step(released.connections, decoded.counts, decoded.rejects, released.evicted)
+        step = self._step(released.connections, decoded.counts, decoded.rejects, released.evicted)
+        return replace(step, newest=newest_by_source(decoded.entries))
 
     def flush(self) -> Step:
         """End of input: release everything pending."""
@@ -90,6 +93,13 @@ class Pipeline:
         connections = classify(http, keep_query=self.keep_query)
         lines = {result: counts.get(result, 0) for result in LineResult}
         return Step(connections, lines, rejects, evicted, rows.height - http.height)
+
+
+def newest_by_source(entries: pl.DataFrame) -> dict[str, datetime]:
+    """The newest entry end (start + duration) each source has logged."""
+    end = pl.col("start_time") + pl.duration(milliseconds=pl.col("duration_ms").fill_null(0))
+    newest = entries.group_by("source").agg(end.max().alias("end")).drop_nulls()
+    return dict(newest.iter_rows())
 
 
 @dataclass(frozen=True)

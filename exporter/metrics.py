@@ -9,10 +9,14 @@ observation is silently dropped.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from analyzer.pipeline import Step
 
 OVERFLOW = "__overflow__"
 UNKNOWN = "unknown"
@@ -194,3 +198,24 @@ def _label(value: object) -> str:
     if value is None:
         return UNKNOWN
     return str(value)
+
+
+def record_step(
+    metrics: Metrics, step: Step, websockets: pl.DataFrame, correlator_pending: int
+) -> None:
+    """Count one micro-batch: its lines, its WebSocket connections, the correlation state."""
+    metrics.record_lines(
+        {str(k): v for k, v in step.lines.items()},
+        dict(Tally(step.rejects.get_column("reason").to_list())),
+    )
+    for row in websockets.iter_rows(named=True):
+        metrics.record_connection(row)
+    for side, count in step.evicted.items():
+        metrics.evicted.labels(side=side, reason="size-cap").inc(count)
+    unpaired = websockets.filter(pl.col("pairing") != "paired")
+    for pairing, count in unpaired.group_by("pairing").len().iter_rows():
+        side = "client" if pairing == "client-only" else "server"
+        metrics.evicted.labels(side=side, reason="window").inc(count)
+    metrics.pending.set(correlator_pending)
+    for source, end in step.newest.items():
+        metrics.record_newest(source, end.timestamp())

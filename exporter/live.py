@@ -1,0 +1,96 @@
+"""The analyzer's pipeline on micro-batches: chunks from any source in, connections out.
+
+Sources call ``LiveAnalyzer.accept`` from their threads; the exporter's main loop calls ``tick``
+every batch interval. A tick deframes nothing itself (each source's ``Deframer`` did so on
+arrival), feeds the batch through the shared ``analyzer.pipeline.Pipeline``, keeps only
+WebSocket candidates (own evidence, or a service and path that showed evidence before) and
+hands every released connection to the sinks (metrics, the ``wslog tail`` printer).
+
+When no line arrived for ``idle_release`` seconds, finished connections are released without
+waiting for the event-time watermark: nothing else is on its way, so their counterparts, if
+any, are already pending.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from analyzer.classify import select_websockets
+from analyzer.framing import Deframer, Framed, Framing
+from analyzer.pipeline import PathEvidence, Pipeline, Step
+from exporter.sources import Chunk
+
+ConnectionSink = Callable[[pl.DataFrame], None]
+StepSink = Callable[[Step, pl.DataFrame], None]
+
+FRAMING_HINTS = {"timestamps": Framing.KUBECTL_TIMESTAMPS, "cri": Framing.CRI}
+
+
+@dataclass
+class LiveAnalyzer:
+    pipeline: Pipeline
+    on_step: StepSink
+    idle_release_s: float = 2.0
+    clock: Callable[[], float] = time.monotonic
+    evidence: PathEvidence = field(default_factory=PathEvidence)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _deframers: dict[str, Deframer] = field(default_factory=dict)
+    _buffer: list[Framed] = field(default_factory=list)
+    _last_input: float = 0.0
+    _idle_released: bool = True
+
+    def accept(self, chunk: Chunk) -> None:
+        """Thread-safe: deframe a source's chunk and keep it for the next tick."""
+        with self._lock:
+            deframer = self._deframers.get(chunk.source)
+            if deframer is None:
+                framing = FRAMING_HINTS.get(chunk.framing or "")
+                deframer = self._deframers[chunk.source] = Deframer(chunk.source, framing)
+            self._buffer.append(deframer.feed_lines(chunk.lines))
+            self._last_input = self.clock()
+            self._idle_released = False
+
+    def end_source(self, source: str) -> None:
+        """A source ended (stdin closed, replay done): its partial line becomes a line."""
+        with self._lock:
+            deframer = self._deframers.pop(source, None)
+            if deframer is not None:
+                self._buffer.append(deframer.flush())
+
+    def tick(self) -> Step | None:
+        """Run one micro-batch; returns what it produced (None when there was nothing to do)."""
+        with self._lock:
+            parts, self._buffer = self._buffer, []
+            idle = (
+                not parts
+                and not self._idle_released
+                and self.clock() - self._last_input >= self.idle_release_s
+            )
+            if idle:
+                self._idle_released = True
+        if parts:
+            return self._emit(self.pipeline.feed(Framed.concat(parts)))
+        if idle:
+            return self._emit(self.pipeline.release_finished())
+        return None
+
+    def finish(self) -> Step:
+        """End of all input: flush deframers and the correlator."""
+        with self._lock:
+            parts = [d.flush() for d in self._deframers.values()] + self._buffer
+            self._deframers.clear()
+            self._buffer = []
+        if parts:
+            self._emit(self.pipeline.feed(Framed.concat(parts)))
+        return self._emit(self.pipeline.flush())
+
+    def _emit(self, step: Step) -> Step:
+        self.evidence.learn(step.connections)
+        websockets = select_websockets(step.connections, self.evidence.paths)
+        self.on_step(step, websockets)
+        return step
