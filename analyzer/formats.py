@@ -22,6 +22,7 @@ from analyzer.istio_formats import (
     ISTIO_JSON_FORMAT,
     ISTIO_TEXT_FORMATS,
     WSLOG_EXTRA_FIELDS,
+    WSLOG_TEXT_FORMAT,
 )
 
 
@@ -152,12 +153,17 @@ class FormatSet:
 
 
 def default_formats() -> FormatSet:
-    """Istio's JSON (with wslog's extra fields), every Istio TEXT generation, Envoy's default."""
+    """Istio's JSON and TEXT (each with wslog's extra fields), older TEXT generations, Envoy's.
+
+    The 1.9 and 1.23 TEXT layouts are the same parser; lines of either are named
+    ``istio-text-1.9``.
+    """
     json_format = compile_json("istio-json", {**ISTIO_JSON_FORMAT, **WSLOG_EXTRA_FIELDS})
+    wslog_text = compile_text("istio-text-wslog", WSLOG_TEXT_FORMAT)
     order = sorted(ISTIO_TEXT_FORMATS, key=lambda name: name != "istio-text-1.9")
     texts = [compile_text(name, ISTIO_TEXT_FORMATS[name]) for name in order]
     envoy = compile_text("envoy-default", ENVOY_DEFAULT_FORMAT)
-    return FormatSet(_dedupe((json_format, *texts, envoy)))
+    return FormatSet(_dedupe((json_format, wslog_text, *texts, envoy)))
 
 
 def parse_log_format(spec: str, name: str = "custom") -> Format:

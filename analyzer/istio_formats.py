@@ -89,3 +89,7 @@ WSLOG_EXTRA_FIELDS: dict[str, str] = {
     "upgrade": "%REQ(UPGRADE)%",
     "connection_id": "%CONNECTION_ID%",
 }
+
+# The same four fields appended to Istio's TEXT format (space-separated, after %ROUTE_NAME%).
+WSLOG_EXTRA_TEXT = '%UPSTREAM_PROTOCOL% %ACCESS_LOG_TYPE% "%REQ(UPGRADE)%" %CONNECTION_ID%'
+WSLOG_TEXT_FORMAT = ISTIO_TEXT_FORMAT.removesuffix("\n") + " " + WSLOG_EXTRA_TEXT + "\n"

@@ -1,0 +1,239 @@
+"""Inputs (an edge: it does I/O): paths, directories, globs and ``-`` become decoded chunks.
+
+Each source is read in blocks of bytes (memory stays bounded whatever the file size), gzip is
+recognised by its magic bytes, and its framing is removed by its own ``Deframer``. Sources are
+interleaved in time order at chunk granularity: the next chunk comes from the source whose
+entries so far end earliest (start_time + duration), so a correlator with a time window sees the
+client's and the server's entries close together even when the files are given in any order.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import heapq
+import io
+import sys
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import polars as pl
+
+from analyzer.decode import Decoded, decode_framed
+from analyzer.errors import FormatError, InputError, MalformedEntryError
+from analyzer.formats import Format, FormatSet, parse_log_format
+from analyzer.framing import Deframer, Framed, Framing
+from analyzer.vocab import LineResult
+
+STDIN = "-"
+BLOCK_BYTES = 8 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class InputSource:
+    """One thing to read: a file, or standard input (``path`` is None)."""
+
+    name: str
+    path: Path | None = None
+
+
+def expand(args: Sequence[str]) -> list[InputSource]:
+    """Files, directories (recursively, sorted), globs and ``-``, in the order given."""
+    out: list[InputSource] = []
+    for arg in args:
+        out.extend(_expand_one(arg))
+    return list(dict.fromkeys(out))
+
+
+def _expand_one(arg: str) -> list[InputSource]:
+    if arg == STDIN:
+        return [InputSource(STDIN)]
+    path = Path(arg)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return [InputSource(str(p), p) for p in files]
+    if path.exists():
+        return [InputSource(arg, path)]
+    if glob.has_magic(arg):
+        matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
+        if matches:
+            return [src for m in matches for src in _expand_one(str(m))]
+        raise InputError(
+            f"{arg}: the pattern matches no file. Check it, and quote it for your shell."
+        )
+    raise InputError(f"{arg}: no such file or directory. Check the path; pass - to read stdin.")
+
+
+def open_source(source: InputSource, stdin: BinaryIO | None = None) -> BinaryIO:
+    """A binary stream of the source's bytes, gunzipped when it starts with gzip's magic."""
+    raw = _open_raw(source, stdin)
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_Raw(raw))
+    if buffered.peek(2)[:2] == _GZIP_MAGIC:
+        return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
+    return buffered
+
+
+class _Raw(io.RawIOBase):
+    """Any binary stream as a raw stream, so ``BufferedReader`` can peek at its first bytes."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # typeshed: WriteableBuffer
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _open_raw(source: InputSource, stdin: BinaryIO | None) -> BinaryIO:
+    if source.path is None:
+        return stdin if stdin is not None else sys.stdin.buffer
+    try:
+        return source.path.open("rb")
+    except FileNotFoundError as exc:
+        raise InputError(f"{source.name}: no such file (was it rotated away?).") from exc
+    except PermissionError as exc:
+        raise InputError(
+            f"{source.name}: permission denied; run wslog as a user who can read it."
+        ) from exc
+    except OSError as exc:
+        raise InputError(f"{source.name}: cannot be read ({exc.strerror}).") from exc
+
+
+def read_blocks(stream: BinaryIO, name: str, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+    """The stream's bytes in blocks; a corrupt gzip stream becomes an ``InputError``."""
+    try:
+        while block := stream.read(block_bytes):
+            yield block
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise InputError(f"{name}: not a valid gzip file ({exc}); is it truncated?") from exc
+    except OSError as exc:
+        raise InputError(f"{name}: read failed ({exc.strerror or exc}).") from exc
+
+
+def load_log_format(spec: str, name: str = "custom") -> Format:
+    """``--log-format``: a format string, a JSON format object, or ``@file`` holding either."""
+    if not spec.startswith("@"):
+        return parse_log_format(spec, name)
+    path = Path(spec[1:])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"--log-format {spec}: cannot read {path} ({exc.strerror}).") from exc
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"--log-format {spec}: {path} is not UTF-8 text.") from exc
+    return parse_log_format(text, name)
+
+
+@dataclass
+class SourceReader:
+    """Reads, deframes and decodes one source, a block at a time."""
+
+    source: InputSource
+    formats: FormatSet
+    block_bytes: int = BLOCK_BYTES
+    framing: Framing | None = None
+    stdin: BinaryIO | None = None
+    counts: dict[LineResult, int] = field(default_factory=lambda: dict.fromkeys(LineResult, 0))
+    latest_end_us: int | None = None
+    _stream: BinaryIO | None = field(default=None, init=False)
+    _blocks: Iterator[bytes] | None = field(default=None, init=False)
+    _deframer: Deframer | None = field(default=None, init=False)
+    _done: bool = field(default=False, init=False)
+
+    def next_chunk(self) -> Decoded | None:
+        """The next decoded chunk; ``None`` once the source is exhausted."""
+        if self._done:
+            return None
+        blocks, deframer = self._open()
+        block = next(blocks, None)
+        if block is None:
+            self._done = True
+            self._close()
+            return self._account(deframer.flush())
+        return self._account(deframer.feed_bytes(block))
+
+    def _open(self) -> tuple[Iterator[bytes], Deframer]:
+        if self._blocks is None or self._deframer is None:
+            stream = open_source(self.source, self.stdin)
+            self._stream = stream
+            self._blocks = read_blocks(stream, self.source.name, self.block_bytes)
+            self._deframer = Deframer(self.source.name, self.framing)
+        return self._blocks, self._deframer
+
+    def _close(self) -> None:
+        if self.source.path is not None and self._stream is not None:
+            self._stream.close()
+
+    def _account(self, framed: Framed) -> Decoded:
+        decoded = decode_framed(framed, self.formats)
+        for result, n in decoded.counts.items():
+            self.counts[result] += n
+        ends = decoded.entries.select(_end_us()).to_series().max()
+        if isinstance(ends, int):
+            self.latest_end_us = max(ends, self.latest_end_us or ends)
+        return decoded
+
+
+def _end_us() -> pl.Expr:
+    start = pl.col("start_time").dt.epoch("us")
+    return start + pl.col("duration_ms").fill_null(0) * 1000
+
+
+@dataclass
+class InputSet:
+    """All sources of a run, decoded chunk by chunk in time order, with per-source accounting."""
+
+    sources: Sequence[InputSource]
+    formats: FormatSet
+    block_bytes: int = BLOCK_BYTES
+    strict: bool = False
+    framing: Framing | None = None
+    stdin: BinaryIO | None = None
+    readers: list[SourceReader] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.readers = [
+            SourceReader(s, self.formats, self.block_bytes, self.framing, self.stdin)
+            for s in self.sources
+        ]
+
+    def __iter__(self) -> Iterator[Decoded]:
+        heap = [(-1, i) for i in range(len(self.readers))]
+        while heap:
+            _, i = heapq.heappop(heap)
+            reader = self.readers[i]
+            chunk = reader.next_chunk()
+            if chunk is None:
+                continue
+            self._check_strict(chunk)
+            heapq.heappush(heap, (reader.latest_end_us or -1, i))
+            yield chunk
+
+    def accounting(self) -> dict[str, dict[LineResult, int]]:
+        """Lines per result, per source (the input's name, not the pod a prefix names)."""
+        return {r.source.name: dict(r.counts) for r in self.readers}
+
+    def _check_strict(self, chunk: Decoded) -> None:
+        if not self.strict or chunk.rejects.height == 0:
+            return
+        first = chunk.rejects.row(0, named=True)
+        raise MalformedEntryError(
+            f"{first['source']}:{first['line_no']}: {first['reason']}: {first['detail']}. "
+            "Fix or remove the line, pass --log-format if the format is custom, "
+            "or run without --strict to count and skip malformed lines."
+        )
+
+
+def decode_inputs(
+    args: Sequence[str], formats: FormatSet, *, strict: bool = False, block_bytes: int = BLOCK_BYTES
+) -> Iterator[Decoded]:
+    """Expand ``args`` and yield their decoded chunks in time order."""
+    yield from InputSet(expand(args), formats, block_bytes=block_bytes, strict=strict)
