@@ -214,6 +214,20 @@ def check_client_drop(run: Run) -> None:
     assert run.seen["close_code"] is None
 
 
+def check_client_drop_h2(run: Run) -> None:
+    client, server = _pair(run)
+    _assert_same_request(client, server)
+    assert (client["response_code"], client["response_flags"]) == (101, "DC")
+    assert client["response_code_details"] == "downstream_remote_disconnect"
+    assert (server["protocol"], server["response_code"], server["response_flags"]) == (
+        "HTTP/2",
+        101,
+        "DR",
+    )
+    assert server["response_code_details"] == "http2.remote_reset"
+    assert run.seen["echoes"] == ["hello", "world"]
+
+
 def _assert_one_stream_over_time(entries: list[Entry]) -> None:
     assert len(entries) >= 3, "start, at least one periodic and an end entry"
     assert len({(e["request_id"], e["start_time"]) for e in entries}) == 1
@@ -264,6 +278,7 @@ CHECKS: dict[str, Callable[[Run], None]] = {
     "app-no-upgrade": check_app_no_upgrade,
     "app-no-upgrade-h2": check_app_no_upgrade_h2,
     "client-drop": check_client_drop,
+    "client-drop-h2": check_client_drop_h2,
     "long-lived": check_long_lived,
     "long-lived-typed": check_long_lived_typed,
     "concurrent-h2": check_concurrent_h2,
@@ -294,6 +309,7 @@ def test_text_parser_rejects_a_line_of_another_format() -> None:
         ("app-no-upgrade", "app-no-upgrade-h2"),
         ("long-lived-typed", "long-lived"),
         ("concurrent-h2", "h2"),
+        ("client-drop-h2", "client-drop"),
         ("client-drop", "h1"),
     ],
 )

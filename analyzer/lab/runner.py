@@ -156,7 +156,7 @@ async def run_scenario(
             f"(stuck while {phase.current}); its processes were stopped"
         )
         result = ScenarioResult(scenario.name, False, time.monotonic() - start, message)
-    except LabError as exc:
+    except (LabError, OSError) as exc:
         result = ScenarioResult(scenario.name, False, time.monotonic() - start, str(exc))
     notify(scenario.name, "done" if result.ok else "failed")
     return result

@@ -229,6 +229,16 @@ SCENARIOS: tuple[Scenario, ...] = (
         expected=ONE,
     ),
     Scenario(
+        name="client-drop-h2",
+        mirrors="UPGRADE + allow_connect; the client drops TCP without a close frame",
+        shows="client 101 DC; the server sidecar sees the HTTP/2 stream reset",
+        istio_yaml=_H2_YAML,
+        hop=Hop.H2,
+        allow_connect=True,
+        client=ClientMode.DROP,
+        expected=ONE,
+    ),
+    Scenario(
         name="long-lived",
         mirrors="DO_NOT_UPGRADE + EnvoyFilter access_log_options (flush every 1s)",
         shows="start, periodic and end entries for one connection, Istio's format only",
