@@ -139,7 +139,7 @@ def render_table(result: AnalysisResult, console: Console, *, connections: bool 
     if conns.height == 0:
         console.print("[yellow]No WebSocket connections found.[/yellow]")
     else:
-        console.print(_summary_table(conns))
+        console.print(summary_table(summary(conns)))
     for record in failures(conns):
         _print_failure(console, record)
     if connections and conns.height:
@@ -148,12 +148,13 @@ def render_table(result: AnalysisResult, console: Console, *, connections: bool 
     _print_lines(console, result)
 
 
-def _summary_table(conns: pl.DataFrame) -> Table:
+def summary_table(rows: pl.DataFrame) -> Table:
+    """Render ``summary()`` rows."""
     table = Table(title="WebSocket connections", title_justify="left")
     for name in ("destination service", "upgrade path", "outcome", "cause", "connections"):
         table.add_column(name, justify="right" if name == "connections" else "left")
     table.add_column("paired / client-only / server-only")
-    for row in summary(conns).iter_rows(named=True):
+    for row in rows.iter_rows(named=True):
         style = OUTCOME_STYLE.get(row["outcome"], "")
         table.add_row(
             row["destination_service"] or "unknown",

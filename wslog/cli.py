@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from analyzer.lab.cli import app as lab_app
+from exporter.cli import exporter, tail
 
 app = typer.Typer(
     name="wslog",
@@ -33,6 +34,8 @@ def version() -> None:
 
 # Subcommands register below, one line each.
 app.add_typer(lab_app, name="lab")
+app.command()(exporter)
+app.command()(tail)
 
 
 def main() -> None:

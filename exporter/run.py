@@ -1,0 +1,118 @@
+"""The exporter's main loop: a source thread feeding the live pipeline, a tick every batch
+interval, metrics served until SIGTERM. ``wslog tail`` runs the same loop with a printer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+from prometheus_client import CollectorRegistry
+
+from analyzer.correlate import CorrelationSettings
+from analyzer.formats import FormatSet
+from analyzer.pipeline import Pipeline, Step
+from exporter.health import Health
+from exporter.live import LiveAnalyzer
+from exporter.metrics import Metrics, record_step
+from exporter.server import serve
+from exporter.settings import ExporterSettings, PipelineSettings
+from exporter.sources import Source, SourceEvents
+
+log = logging.getLogger("wslog.exporter")
+OnStep = Callable[[Step, pl.DataFrame], None]
+
+
+def build_live(settings: PipelineSettings, formats: FormatSet, on_step: OnStep) -> LiveAnalyzer:
+    correlation = CorrelationSettings(
+        window=settings.pair_window,
+        clock_skew=settings.clock_skew,
+        max_pending=settings.max_pending,
+    )
+    pipeline = Pipeline(formats=formats, settings=correlation)
+    idle = settings.pair_window.total_seconds()
+    return LiveAnalyzer(pipeline=pipeline, on_step=on_step, idle_release_s=idle)
+
+
+@dataclass
+class Loop:
+    """Runs one source into one LiveAnalyzer until ``stop`` is set."""
+
+    live: LiveAnalyzer
+    source: Source
+    events: SourceEvents
+    batch_interval_s: float
+    after_tick: Callable[[], None] = lambda: None
+    exit_on_end: bool = False  # stop once a source with an end (stdin, --once) has ended
+
+    def run(self, stop: threading.Event) -> None:
+        ended = threading.Event()
+        feeder = threading.Thread(
+            target=self._feed, args=(stop, ended), name="wslog-source", daemon=True
+        )
+        feeder.start()
+        finished = False
+        while not stop.wait(self.batch_interval_s):
+            self.live.tick()
+            if ended.is_set() and not finished:
+                self.live.finish()
+                finished = True
+            self.after_tick()
+            if finished and self.exit_on_end:
+                break
+        if not finished:
+            self.live.finish()
+            self.after_tick()
+        feeder.join(timeout=5)
+
+    def _feed(self, stop: threading.Event, ended: threading.Event) -> None:
+        try:
+            self.source.run(self.live.accept, stop, self.events)
+        except Exception as exc:  # the source's own errors are reported through events
+            log.exception("source stopped: %s", exc)
+            self.events.health(False, f"source stopped: {exc}")
+        finally:
+            ended.set()
+
+
+def run_exporter(
+    settings: ExporterSettings,
+    source: Source,
+    formats: FormatSet,
+    stop: threading.Event,
+    on_listen: Callable[[int], None] = lambda port: None,
+) -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, max_series=settings.max_series)
+    metrics.build.info({"version": _version()})
+    health = Health(metrics)
+    live: LiveAnalyzer
+
+    def on_step(step: Step, websockets: pl.DataFrame) -> None:
+        record_step(metrics, step, websockets, live.pipeline.correlator.pending)
+
+    def after_tick() -> None:
+        metrics.set_open(live.pipeline.open_connections().iter_rows(named=True))
+
+    live = build_live(settings.pipeline, formats, on_step)
+    server = serve(settings.listen.host, settings.listen.port, registry, health.readiness)
+    port = server.server_address[1]
+    log.info("serving /metrics, /healthz, /readyz", extra={"port": port})
+    on_listen(int(port))
+    loop = Loop(live, source, health, settings.pipeline.batch_interval_s, after_tick)
+    try:
+        loop.run(stop)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wslog")
+    except PackageNotFoundError:
+        return "unknown"
