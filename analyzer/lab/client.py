@@ -54,20 +54,25 @@ async def _exchange(ws: ClientConnection, message: str) -> str:
     return reply if isinstance(reply, str) else reply.decode(errors="replace")
 
 
+async def _hold(ws: ClientConnection, scenario: Scenario, echoes: list[str]) -> None:
+    """Keep the connection open ``hold_ms``; a ``hold`` client sends a tick every half second."""
+    if scenario.client is not ClientMode.HOLD:
+        await asyncio.sleep(scenario.hold_ms / 1000)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scenario.hold_ms / 1000
+    while loop.time() < deadline:
+        await asyncio.sleep(HOLD_TICK_S)
+        echoes.append(await _exchange(ws, "tick"))
+
+
 async def _converse(ws: ClientConnection, scenario: Scenario, echoes: list[str]) -> None:
     for message in MESSAGES:
         echoes.append(await _exchange(ws, message))
     if scenario.client is ClientMode.DROP:
         ws.transport.abort()
         return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + scenario.hold_ms / 1000
-    while loop.time() < deadline:
-        await asyncio.sleep(
-            HOLD_TICK_S if scenario.client is ClientMode.HOLD else deadline - loop.time()
-        )
-        if scenario.client is ClientMode.HOLD:
-            echoes.append(await _exchange(ws, "tick"))
+    await _hold(ws, scenario, echoes)
     await asyncio.wait_for(ws.close(1000), STEP_TIMEOUT_S)
 
 
