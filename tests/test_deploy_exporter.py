@@ -1,0 +1,295 @@
+"""deploy/exporter: least-privilege RBAC, a hardened pod, probes and scraping wired to the right
+names; deploy/generate.py: the generated PrometheusRule and dashboard ConfigMap match their
+sources in dashboards/ and validate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.deploy.manifests import (
+    DEPLOY,
+    K8S_VERSIONS,
+    ROOT,
+    find,
+    load_crds,
+    render,
+    validate_custom,
+)
+
+Obj = dict[str, Any]
+VARIANTS = ("exporter", "exporter/namespaced", "exporter/daemonset")
+LEAST_PRIVILEGE = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+]
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deploy_generate", DEPLOY / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = _load_generator()
+
+
+def _objects(variant: str) -> tuple[Obj, ...]:
+    return render(Path(variant))
+
+
+def _workload(variant: str) -> Obj:
+    kind = "DaemonSet" if variant.endswith("daemonset") else "Deployment"
+    return find(_objects(variant), kind, "wslog-exporter")
+
+
+def _pod(variant: str) -> Obj:
+    pod: Obj = _workload(variant)["spec"]["template"]["spec"]
+    return pod
+
+
+# --- RBAC ----------------------------------------------------------------------------------------
+
+
+def test_cluster_variant_grants_pods_and_logs_read_only_cluster_wide() -> None:
+    objects = _objects("exporter")
+    assert find(objects, "ClusterRole", "wslog-exporter")["rules"] == LEAST_PRIVILEGE
+    binding = find(objects, "ClusterRoleBinding", "wslog-exporter")
+    assert binding["roleRef"]["name"] == "wslog-exporter"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "wslog-exporter", "namespace": "wslog-system"}
+    ]
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+
+
+def test_namespaced_variant_grants_the_same_rules_in_the_watched_namespace_only() -> None:
+    objects = _objects("exporter/namespaced")
+    assert not [o for o in objects if o["kind"].startswith("Cluster")]
+    role = find(objects, "Role", "wslog-exporter")
+    binding = find(objects, "RoleBinding", "wslog-exporter")
+    assert role["rules"] == LEAST_PRIVILEGE
+    watched = role["metadata"]["namespace"]
+    assert binding["metadata"]["namespace"] == watched != "wslog-system"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "wslog-exporter",
+    }
+    assert binding["subjects"][0]["namespace"] == "wslog-system"
+    args = _pod("exporter/namespaced")["containers"][0]["args"]
+    assert args[args.index("--namespace") + 1] == watched
+
+
+def test_daemonset_variant_has_no_api_access() -> None:
+    objects = _objects("exporter/daemonset")
+    rbac = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    assert not [o for o in objects if o["kind"] in rbac]
+    assert _pod("exporter/daemonset")["automountServiceAccountToken"] is False
+    assert find(objects, "ServiceAccount")["automountServiceAccountToken"] is False
+
+
+# --- the pod -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_container_is_locked_down(variant: str) -> None:
+    pod = _pod(variant)
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    context = container["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context.get("privileged", False) is False
+    resources = container["resources"]
+    assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
+
+
+@pytest.mark.parametrize("variant", ["exporter", "exporter/namespaced"])
+def test_api_reading_exporter_runs_as_non_root(variant: str) -> None:
+    pod = _pod(variant)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert pod["containers"][0]["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_probes_and_metrics_port_match_the_exporter_endpoints(variant: str) -> None:
+    (container,) = _pod(variant)["containers"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    (port,) = container["ports"]
+    assert port["name"] == "http-metrics"
+    args = container["args"]
+    assert args[0] == "exporter"
+    assert args[args.index("--listen") + 1] == f"0.0.0.0:{port['containerPort']}"
+    assert container["image"] == "ghcr.io/wslog/wslog:0.1.0"
+
+
+def test_sources_match_each_variant() -> None:
+    deployment = _pod("exporter")["containers"][0]["args"]
+    assert deployment[deployment.index("--source") + 1] == "kubernetes"
+    assert _workload("exporter")["spec"]["replicas"] == 1
+    daemonset = _pod("exporter/daemonset")["containers"][0]["args"]
+    assert daemonset[daemonset.index("--source") + 1] == "files"
+    assert daemonset[daemonset.index("--path") + 1] == "/var/log/pods/*/istio-proxy/*.log"
+
+
+def test_daemonset_reads_node_logs_through_a_read_only_host_path() -> None:
+    pod = _pod("exporter/daemonset")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    host_paths = {v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v}
+    assert host_paths == {"/var/log/pods"}
+    for mount in pod["containers"][0]["volumeMounts"]:
+        if "hostPath" in volumes[mount["name"]]:
+            assert mount["readOnly"] is True
+            assert mount["mountPath"] == volumes[mount["name"]]["hostPath"]["path"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pod_security_level_of_the_namespace_admits_the_pod(variant: str) -> None:
+    namespace = find(_objects(variant), "Namespace", "wslog-system")
+    level = namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    pod = _pod(variant)
+    uses_host = any("hostPath" in v for v in pod.get("volumes", []))
+    root = pod["securityContext"].get("runAsUser") == 0
+    if level == "restricted":
+        assert not uses_host and not root and pod["securityContext"]["runAsNonRoot"] is True
+    else:
+        assert level == "privileged" and (uses_host or root), "privileged only where needed"
+
+
+# --- scraping ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_service_and_servicemonitor_reach_the_metrics_port(variant: str) -> None:
+    objects = _objects(variant)
+    service = find(objects, "Service", "wslog-exporter")
+    pod_labels = _workload(variant)["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "http-metrics"
+    monitor = find(objects, "ServiceMonitor", "wslog-exporter")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == port["name"]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    policy = find(objects, "NetworkPolicy", "wslog-exporter")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http-metrics", "protocol": "TCP"}]}]
+
+
+# --- generated files -----------------------------------------------------------------------------
+
+RULES = """\
+groups:
+  - name: wslog
+    rules:
+      - alert: WslogH2ConnectNotAllowed
+        expr: |
+          sum by (destination_service, destination_namespace) (
+            rate(wslog_connections_total{cause="h2-connect-not-allowed"}[5m])
+          ) > 0
+        for: 5m
+        labels:
+          severity: warning
+        annotations:
+          summary: WebSocket upgrades fail with 503 on an HTTP/2 hop
+      - record: wslog:connections:rate5m
+        expr: sum by (outcome) (rate(wslog_connections_total[5m]))
+"""
+DASHBOARD = '{\n  "title": "wslog",\n  "uid": "wslog",\n  "panels": []\n}\n'
+
+
+@pytest.fixture
+def scratch_root(tmp_path: Path) -> Path:
+    (tmp_path / "dashboards").mkdir()
+    (tmp_path / "dashboards" / "alerts.rules.yaml").write_text(RULES, encoding="utf-8")
+    (tmp_path / "dashboards" / "wslog.json").write_text(DASHBOARD, encoding="utf-8")
+    return tmp_path
+
+
+def _generated(root: Path) -> dict[Path, str]:
+    outputs, missing = generate.generate(root)
+    assert missing == []
+    return {out.path: out.text for out in outputs}
+
+
+def test_generated_prometheusrule_carries_the_rules_file_groups(
+    scratch_root: Path, shared: Path
+) -> None:
+    rule = yaml.safe_load(_generated(scratch_root)[generate.PROMETHEUS_RULE])
+    assert rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES)["groups"]
+    rule["metadata"]["namespace"] = "wslog-system"
+    validate_custom(rule, load_crds(shared / "schemas" / "crds"))
+
+
+def test_generated_dashboard_configmap_is_labelled_for_the_grafana_sidecar(
+    scratch_root: Path,
+) -> None:
+    configmap = yaml.safe_load(_generated(scratch_root)[generate.DASHBOARD_CONFIGMAP])
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["data"] == {"wslog.json": DASHBOARD}
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(configmap, version, strict=True)
+
+
+def test_generator_rejects_a_rules_file_without_groups(scratch_root: Path) -> None:
+    (scratch_root / "dashboards" / "alerts.rules.yaml").write_text("rules: []\n", encoding="utf-8")
+    with pytest.raises(generate.GenerateError, match="groups"):
+        generate.generate(scratch_root)
+
+
+def test_generator_check_mode_reports_drift_and_write_fixes_it(scratch_root: Path) -> None:
+    assert generate.main(["--root", str(scratch_root), "--check"]) == 1
+    assert generate.main(["--root", str(scratch_root)]) == 0
+    assert generate.main(["--root", str(scratch_root), "--check"]) == 0
+    (scratch_root / generate.PROMETHEUS_RULE).write_text("edited by hand\n", encoding="utf-8")
+    assert generate.main(["--root", str(scratch_root), "--check"]) == 1
+
+
+def test_generator_leaves_outputs_of_missing_sources_alone(tmp_path: Path) -> None:
+    outputs, missing = generate.generate(tmp_path)
+    assert missing == [generate.RULES_SOURCE, generate.DASHBOARD_SOURCE]
+    assert {out.path for out in outputs} == {generate.FORMAT_JSON, generate.ACCESS_LOG_FILTER}
+
+
+def test_committed_access_log_files_equal_a_fresh_generation() -> None:
+    outputs, _ = generate.generate(ROOT)
+    fresh = {out.path: out.text for out in outputs}
+    for path in (generate.FORMAT_JSON, generate.ACCESS_LOG_FILTER):
+        assert (ROOT / path).read_text("utf-8") == fresh[path], f"run deploy/generate.py: {path}"
+    assert json.loads(fresh[generate.FORMAT_JSON]) == generate.access_log_format()
+
+
+@pytest.mark.parametrize(
+    ("source", "output"),
+    [
+        (generate.RULES_SOURCE, generate.PROMETHEUS_RULE),
+        (generate.DASHBOARD_SOURCE, generate.DASHBOARD_CONFIGMAP),
+    ],
+    ids=["prometheusrule", "dashboard"],
+)
+def test_committed_monitoring_files_equal_a_fresh_generation(source: Path, output: Path) -> None:
+    if not (ROOT / source).is_file():
+        pytest.skip(f"{source} does not exist yet; the generator is tested on a scratch copy")
+    outputs, _ = generate.generate(ROOT)
+    fresh = {out.path: out.text for out in outputs}
+    assert (ROOT / output).is_file(), f"run deploy/generate.py to create {output}"
+    assert (ROOT / output).read_text("utf-8") == fresh[output], f"run deploy/generate.py: {output}"
+    monitoring = yaml.safe_load((DEPLOY / "exporter/monitoring/kustomization.yaml").read_text())
+    assert output.name in monitoring["resources"], f"list {output.name} in its kustomization"
