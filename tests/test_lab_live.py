@@ -110,13 +110,28 @@ def test_cancelling_a_run_stops_every_envoy(tmp_path: Path) -> None:
     assert child_pids(os.getpid()) == set()
 
 
+def _start_cli_with_its_sidecars(out: Path) -> tuple[subprocess.Popen[bytes], set[int]]:
+    command = [sys.executable, "-m", "wslog", "lab", "run", "long-lived", "--out", str(out)]
+    scratch = out / "tmp"  # a killed lab cannot clean its temporary files; keep them in out
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 20
+    while len(envoys := child_pids(cli.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cli, envoys
+
+
+def _gone(pids: set[int], bound_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + bound_s
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
 def test_ctrl_c_on_the_cli_stops_every_envoy(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "wslog", "lab", "run", "long-lived", "--out", str(tmp_path)]
-    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cli, envoys = _start_cli_with_its_sidecars(tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while len(envoys := child_pids(cli.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert len(envoys) == 2, "the lab did not start its two sidecars"
         os.kill(cli.pid, signal.SIGINT)
         _, stderr = cli.communicate(timeout=20)
@@ -124,7 +139,19 @@ def test_ctrl_c_on_the_cli_stops_every_envoy(tmp_path: Path) -> None:
         cli.kill()
     assert cli.returncode == 130
     assert b"interrupted" in stderr
-    assert not [pid for pid in envoys if Path(f"/proc/{pid}").exists()]
+    assert _gone(envoys, bound_s=0)
+
+
+def test_sidecars_die_with_a_killed_lab(tmp_path: Path) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux-only")
+    cli, envoys = _start_cli_with_its_sidecars(tmp_path)
+    try:
+        assert len(envoys) == 2, "the lab did not start its two sidecars"
+    finally:
+        cli.kill()
+        cli.communicate(timeout=20)
+    assert _gone(envoys), "envoy outlived a SIGKILLed lab"
 
 
 def test_an_envoy_that_cannot_start_is_reported_with_its_stderr(tmp_path: Path) -> None:

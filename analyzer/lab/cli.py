@@ -56,14 +56,14 @@ def _progress(scenarios: tuple[Scenario, ...]) -> Iterator[Notify]:
         yield notify
 
 
-def _report(results: tuple[ScenarioResult, ...], total_s: float) -> None:
+def _report(results: tuple[ScenarioResult, ...], total_s: float, out: Path) -> None:
     width = max(len(r.name) for r in results)
     for r in results:
         status = "ok  " if r.ok else "FAIL"
         entries = f"{r.client_entries} client / {r.server_entries} server entries"
         detail = entries if r.ok else r.message
         typer.echo(f"{status} {r.name:<{width}}  {r.seconds:5.1f}s  {detail}")
-    typer.echo(f"{len(results)} scenario(s) in {total_s:.1f}s")
+    typer.echo(f"{len(results)} scenario(s) in {total_s:.1f}s; logs in {out}/<scenario>/")
 
 
 @app.command("run")
@@ -94,6 +94,6 @@ def run(
     except KeyboardInterrupt:
         typer.echo("interrupted: every lab process was stopped", err=True)
         raise typer.Exit(130) from None
-    _report(results, time.monotonic() - start)
+    _report(results, time.monotonic() - start, out)
     if not all(r.ok for r in results):
         raise typer.Exit(1)
