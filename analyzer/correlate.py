@@ -75,20 +75,20 @@ class Correlator:
     def pending(self) -> int:
         return self._pending.height
 
-    def open_connections(self) -> pl.DataFrame:
+    def open_rows(self) -> pl.DataFrame:
         """Pending connections that have only start/periodic entries so far."""
         keyed = assign_connections(self._pending, self.settings)
         rows = build_connections(keyed)
         return rows.filter(~pl.col("has_final"))
 
-    def feed(self, entries: pl.DataFrame) -> Released:
+    def feed(self, entries: pl.DataFrame, watermark: datetime | None = None) -> Released:
+        """Add a batch and release what is complete. ``watermark``, when the caller knows it,
+        is the time before which no more entries can arrive (e.g. the oldest newest-entry of
+        all inputs still being read); by default it is the newest entry end seen."""
         batch = self._annotate(entries)
-        if batch.height:
-            newest = batch.get_column("end_time").max()
-            if isinstance(newest, datetime) and (
-                self._watermark is None or newest > self._watermark
-            ):
-                self._watermark = newest
+        newest = batch.get_column("end_time").max() if watermark is None else watermark
+        if isinstance(newest, datetime) and (self._watermark is None or newest > self._watermark):
+            self._watermark = newest
         frame = pl.concat([self._pending, batch], how="vertical")
         return self._release(frame, flush=False)
 

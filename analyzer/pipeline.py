@@ -16,7 +16,7 @@ import polars as pl
 
 from analyzer.classify import classify, select_websockets, websocket_paths
 from analyzer.correlate import CorrelationSettings, Correlator
-from analyzer.decode import decode_framed
+from analyzer.decode import Decoded, decode_framed
 from analyzer.formats import FormatSet, default_formats
 from analyzer.framing import Framed
 from analyzer.schema import CONNECTION_SCHEMA, REJECT_SCHEMA
@@ -65,8 +65,11 @@ class Pipeline:
 
     def feed(self, framed: Framed) -> Step:
         """Decode deframed lines and correlate their entries with what is pending."""
-        decoded = decode_framed(framed, self.formats)
-        released = self.correlator.feed(decoded.entries)
+        return self.feed_decoded(decode_framed(framed, self.formats))
+
+    def feed_decoded(self, decoded: Decoded, watermark: datetime | None = None) -> Step:
+        """Correlate decoded entries with what is pending (see ``Correlator.feed``)."""
+        released = self.correlator.feed(decoded.entries, watermark)
         step = self._step(released.connections, decoded.counts, decoded.rejects, released.evicted)
         return replace(step, newest=newest_by_source(decoded.entries))
 
@@ -81,6 +84,10 @@ class Pipeline:
         return self._step(
             released.connections, {}, pl.DataFrame(schema=REJECT_SCHEMA), released.evicted
         )
+
+    def open_connections(self) -> pl.DataFrame:
+        """Classified connections that have only start/periodic entries so far."""
+        return classify(self.correlator.open_rows().filter(pl.col("http")))
 
     def _step(
         self,

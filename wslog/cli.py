@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from analyzer.cli import analyze
 from analyzer.lab.cli import app as lab_app
 from exporter.cli import exporter, tail
 
@@ -33,6 +34,7 @@ def version() -> None:
 
 
 # Subcommands register below, one line each.
+app.command()(analyze)
 app.add_typer(lab_app, name="lab")
 app.command()(exporter)
 app.command()(tail)

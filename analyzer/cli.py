@@ -1,0 +1,183 @@
+"""``wslog analyze``: saved istio-proxy logs in, one explained row per WebSocket out."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from analyzer.correlate import CorrelationSettings
+from analyzer.decode import Decoded
+from analyzer.errors import InputError, WslogError
+from analyzer.inputs import InputSet, expand
+from analyzer.options import log_formats
+from analyzer.pipeline import Analysis, AnalysisResult, Pipeline
+from analyzer.report import render_table, write_binary
+from analyzer.vocab import Cause, Outcome
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    NDJSON = "ndjson"
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+FAIL_ON_HELP = (
+    "Exit 1 when any connection is failed, rejected, or has this cause "
+    "(e.g. h2-connect-not-allowed). Repeatable."
+)
+
+
+def analyze(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Log files, directories (recursive), globs, or - for stdin; .gz is read too. "
+            "kubectl logs (with --timestamps or --prefix), CRI files from /var/log/pods and "
+            "Docker json-file logs are recognised.",
+            show_default=False,
+        ),
+    ],
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Report format.")
+    ] = OutputFormat.TABLE,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report here, not stdout.")
+    ] = None,
+    connections: Annotated[
+        bool, typer.Option("--connections", help="table: also list every connection.")
+    ] = False,
+    include_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Treat every HTTP request as a candidate, not only WebSocket evidence."
+        ),
+    ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="The mesh's access-log format if not Istio's default: an Envoy format string, "
+            "a JSON format object, or @file holding either."
+        ),
+    ] = None,
+    keep_query: Annotated[
+        bool, typer.Option(help="Keep query strings in paths (they may carry secrets).")
+    ] = False,
+    fail_on: Annotated[list[str] | None, typer.Option(help=FAIL_ON_HELP)] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first malformed entry.")] = False,
+    window: Annotated[
+        float, typer.Option(help="Seconds an entry waits for the other sidecar's entry.")
+    ] = 60.0,
+    clock_skew: Annotated[
+        float, typer.Option(help="Tolerated clock difference between pods, seconds.")
+    ] = 1.0,
+) -> None:
+    """Correlate client and server sidecar entries of every WebSocket, classify its upgrade path
+    and outcome, and explain each failure with its cause and fix."""
+    with _errors():
+        checks = _check_options(fail_on or [], window, clock_skew, output_format, output)
+        result = run(paths, log_format, include_all, keep_query, strict, window, clock_skew)
+    _write(result, output_format, output, connections)
+    if _should_fail(result, checks):
+        raise typer.Exit(1)
+
+
+def run(
+    paths: list[str],
+    log_format: str | None,
+    include_all: bool,
+    keep_query: bool,
+    strict: bool,
+    window: float,
+    clock_skew: float,
+) -> AnalysisResult:
+    formats = log_formats(log_format)
+    inputs = InputSet(expand(paths), formats, strict=strict)
+    settings = CorrelationSettings(
+        window=timedelta(seconds=window), clock_skew=timedelta(seconds=clock_skew)
+    )
+    pipeline = Pipeline(formats=formats, settings=settings, keep_query=keep_query)
+    analysis = Analysis()
+    for chunk in _with_progress(inputs):
+        analysis.add(pipeline.feed_decoded(chunk))
+    analysis.add(pipeline.flush())
+    return analysis.result(include_all=include_all)
+
+
+def _with_progress(chunks: Iterable[Decoded]) -> Iterator[Decoded]:
+    """Lines decoded so far, on stderr, when stderr is a terminal."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield from chunks
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.completed:,} lines"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("decoding", total=None)
+        for chunk in chunks:
+            progress.advance(task, chunk.lines)
+            yield chunk
+
+
+def _check_options(
+    fail_on: list[str],
+    window: float,
+    clock_skew: float,
+    output_format: OutputFormat,
+    output: Path | None,
+) -> set[str]:
+    valid = {Outcome.FAILED.value, Outcome.REJECTED.value} | {c.value for c in Cause if c.value}
+    unknown = sorted(set(fail_on) - valid)
+    if unknown:
+        raise WslogError(f"--fail-on {', '.join(unknown)}: choose from {', '.join(sorted(valid))}")
+    if window <= 0 or clock_skew < 0:
+        raise WslogError("--window must be positive and --clock-skew not negative")
+    if output_format is OutputFormat.PARQUET and output is None:
+        raise WslogError("--format parquet needs --output FILE (Parquet is binary)")
+    return set(fail_on)
+
+
+def _should_fail(result: AnalysisResult, checks: set[str]) -> bool:
+    if not checks:
+        return False
+    conns = result.connections
+    hits = conns.filter(conns["outcome"].is_in(list(checks)) | conns["cause"].is_in(list(checks)))
+    return hits.height > 0
+
+
+def _write(
+    result: AnalysisResult, fmt: OutputFormat, output: Path | None, connections: bool
+) -> None:
+    try:
+        if fmt is OutputFormat.TABLE:
+            if output is None:
+                render_table(result, Console(), connections=connections)
+            else:
+                with output.open("w", encoding="utf-8") as handle:
+                    console = Console(file=handle, width=160, no_color=True)
+                    render_table(result, console, connections=connections)
+        elif output is None:
+            write_binary(result, fmt.value, sys.stdout.buffer)
+        else:
+            write_binary(result, fmt.value, output)
+    except OSError as exc:
+        typer.echo(f"wslog analyze: cannot write {output}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (InputError, WslogError) as exc:
+        typer.echo(f"wslog analyze: {exc}", err=True)
+        raise typer.Exit(2) from exc
