@@ -350,8 +350,14 @@ def _final_entry(role: str) -> list[pl.Expr]:
     return [
         pick.alias(role),
         pl.col("final").filter(mine).any().alias(f"{role}_final"),
-        pl.col("start_time").filter(mine).n_unique().alias(f"{role}_streams"),
+        _attempts(mine).alias(f"{role}_streams"),
     ]
+
+
+def _attempts(mine: pl.Expr) -> pl.Expr:
+    """Final entries of one side (one per retry attempt), or 1 when it has only open ones."""
+    finals = (mine & pl.col("final").fill_null(False)).sum()
+    return pl.max_horizontal(finals, mine.any().cast(pl.UInt32)).cast(pl.UInt32)
 
 
 def build_connections(keyed: pl.DataFrame) -> pl.DataFrame:
