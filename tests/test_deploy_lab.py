@@ -5,6 +5,9 @@ testdata stand for what a cluster with these manifests writes."""
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from analyzer.lab.envoy_config import (
     server_hcm_http2_options,
 )
 from analyzer.lab.scenarios import BY_NAME, Hop, LogFormat, Scenario
-from tests.deploy.manifests import find, render
+from tests.deploy.manifests import DEPLOY, ROOT, find, render
 
 Obj = dict[str, Any]
 VARIANT_SCENARIO = {"h1": "h1", "h2": "h2", "h2-broken": "h2-no-allow-connect"}
@@ -130,3 +133,18 @@ def test_access_log_envoyfilter_is_the_lab_typed_periodic_logging() -> None:
         ours, lab = value["access_log_options"], lab_hcm["access_log_options"]
         assert set(ours) == set(lab)
         assert ours["flush_access_log_on_new_request"] == lab["flush_access_log_on_new_request"]
+
+
+def test_wslog_analyze_reads_the_lab_logs_with_the_shipped_format_file() -> None:
+    """The README's command, `wslog analyze --log-format @deploy/access-log/wslog-format.json`,
+    on the lab's captured logs of the scenario that uses exactly this format."""
+    logs = ROOT / "testdata" / "lab" / "json" / "long-lived-typed"
+    fmt = "@" + str(DEPLOY / "access-log" / "wslog-format.json")
+    command = [sys.executable, "-m", "wslog", "analyze", "--format", "ndjson", "--log-format", fmt]
+    command += [str(logs / "client.log"), str(logs / "server.log")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (connection,) = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert connection["upgrade_path"] == "h1-h2"
+    assert connection["outcome"] == "upgraded"
+    assert connection["pairing"] == "paired"
