@@ -8,14 +8,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from analyzer.lab.processes import LabError, find_envoy
-from analyzer.lab.runner import Notify, RunSettings, ScenarioResult, ignore, run_scenarios
+
+if TYPE_CHECKING:  # the runner needs the lab extra (websockets); import it only to run
+    from analyzer.lab.runner import Notify, ScenarioResult
 from analyzer.lab.scenarios import SCENARIOS, LogFormat, Scenario, UnknownScenarioError, select
 
 app = typer.Typer(
@@ -43,7 +45,7 @@ def list_scenarios(
 def _progress(scenarios: tuple[Scenario, ...]) -> Iterator[Notify]:
     """A live progress display on stderr when it is a terminal; silence otherwise."""
     if not sys.stderr.isatty():
-        yield ignore
+        yield lambda name, phase: None
         return
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
@@ -79,6 +81,11 @@ def run(
     parallel: Annotated[int, typer.Option(min=1, help="Scenarios run at once.")] = 4,
 ) -> None:
     """Run scenarios; logs go to OUT/<scenario>/client.log, server.log, client-result.json."""
+    try:
+        from analyzer.lab.runner import RunSettings, run_scenarios
+    except ImportError as exc:
+        typer.echo(f"error: {exc}; install the lab extra: pip install 'wslog[lab]'", err=True)
+        raise typer.Exit(2) from exc
     try:
         chosen = select(scenarios or [])
         settings = RunSettings(
