@@ -15,12 +15,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import IO, Protocol
 
 __all__ = [
     "Chunk",
     "FileSettings",
     "KubeSettings",
+    "RestartReason",
     "Sink",
     "Source",
     "SourceError",
@@ -32,6 +34,21 @@ __all__ = [
 
 TIMESTAMPS = "timestamps"
 CRI = "cri"
+
+
+class RestartReason(StrEnum):
+    """Why a stream was reopened (the ``reason`` label of ``wslog_stream_restarts_total``)."""
+
+    END_OF_STREAM = "end_of_stream"  # the server ended the stream (containerd, kubelet)
+    CONNECTION_ERROR = "connection_error"  # cut, reset, refused, malformed chunking
+    TIMEOUT = "timeout"  # nothing read for the idle timeout
+    SERVER_ERROR = "server_error"  # 5xx, 429 and other unexpected statuses
+    DENIED = "denied"  # 401 or 403
+    NOT_READY = "not_ready"  # container not started yet (400 or empty answer), pod not found
+    CONTAINER_RESTART = "container_restart"
+    WATCH_EXPIRED = "watch_expired"  # 410: relisted
+    ROTATED = "rotated"
+    TRUNCATED = "truncated"
 
 
 class SourceError(Exception):
@@ -84,8 +101,10 @@ class KubeSettings:
     max_concurrent_streams: int = 64
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
-    request_timeout_s: float = 30.0  # connect / read timeout of each API request
+    request_timeout_s: float = 30.0  # connect timeout, and read timeout of list requests
+    stream_idle_timeout_s: float = 900.0  # reopen a log stream silent for this long
     watch_timeout_s: int = 300  # server-side timeoutSeconds of each watch
+    deleted_grace_s: float = 10.0  # keep reading a deleted pod's stream this long at most
     chunk_max_lines: int = 1000
 
     def __post_init__(self) -> None:
