@@ -88,7 +88,8 @@ def conn_rate(selector: str, by: str) -> str:
 def traffic_panels() -> list[Spec]:
     upgraded = conn_rate(', outcome="upgraded"', "destination_service")
     known = conn_rate(', outcome=~"upgraded|rejected|failed"', "destination_service")
-    success = f"{upgraded}\n/\n{known}"
+    # "or 0 * known": a service whose every upgrade fails shows 0, not an empty panel.
+    success = f"{upgraded}\n/\n{known}\nor\n0 * {known}"
     failed = ', outcome=~"failed|rejected"'
     return [
         Spec(
