@@ -13,8 +13,14 @@ $(BIN)/python:
 setup-lab: $(BIN)/python
 	$(BIN)/pip install -q -e '.[lab]'
 
-setup-test: $(BIN)/python system-deps
+setup-test: $(BIN)/python system-deps .venv-checkov/bin/checkov
 	$(BIN)/pip install -q -e '.[test]'
+
+# checkov's dependencies conflict with ours: it gets a virtualenv of its own.
+.venv-checkov/bin/checkov:
+	$(PY) -m venv .venv-checkov
+	.venv-checkov/bin/pip install -q --upgrade pip
+	.venv-checkov/bin/pip install -q checkov==3.3.30
 
 # promtool and prometheus (tests start them on 127.0.0.1); jq for the benchmark.
 system-deps:
@@ -37,4 +43,4 @@ bench: setup-test
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov $(OUT) .pytest_cache .mypy_cache .ruff_cache

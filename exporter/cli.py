@@ -29,7 +29,7 @@ from exporter.sources import FileSettings, KubeSettings, Source, StdinSource
 
 SOURCE_HELP = "Where lines come from: kubernetes (pod logs via the API), files, or stdin."
 PATH_HELP = (
-    "Files or globs to follow with --source files (e.g. '/var/log/pods/*/*/istio-proxy/*.log')."
+    "Files or globs to follow with --source files (e.g. '/var/log/pods/*/istio-proxy/*.log')."
 )
 
 SourceOpt = Annotated[SourceKind, typer.Option(help=SOURCE_HELP, envvar="WSLOG_SOURCE")]
