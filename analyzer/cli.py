@@ -77,7 +77,7 @@ def analyze(
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed entry.")] = False,
     window: Annotated[
         float, typer.Option(help="Seconds an entry waits for the other sidecar's entry.")
-    ] = 60.0,
+    ] = 10.0,
     clock_skew: Annotated[
         float, typer.Option(help="Tolerated clock difference between pods, seconds.")
     ] = 1.0,
@@ -109,7 +109,7 @@ def run(
     pipeline = Pipeline(formats=formats, settings=settings, keep_query=keep_query)
     analysis = Analysis()
     for chunk in _with_progress(inputs):
-        analysis.add(pipeline.feed_decoded(chunk))
+        analysis.add(pipeline.feed_decoded(chunk, inputs.low_watermark()))
     analysis.add(pipeline.flush())
     return analysis.result(include_all=include_all)
 

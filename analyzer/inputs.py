@@ -17,6 +17,7 @@ import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -148,6 +149,10 @@ class SourceReader:
     _deframer: Deframer | None = field(default=None, init=False)
     _done: bool = field(default=False, init=False)
 
+    @property
+    def done(self) -> bool:
+        return self._done
+
     def next_chunk(self) -> Decoded | None:
         """The next decoded chunk; ``None`` once the source is exhausted."""
         if self._done:
@@ -216,6 +221,18 @@ class InputSet:
             self._check_strict(chunk)
             heapq.heappush(heap, (reader.latest_end_us or -1, i))
             yield chunk
+
+    def low_watermark(self) -> datetime:
+        """The time before which no input can still deliver an entry: the oldest newest-entry
+        end among the sources not yet exhausted (the minimum time while one has not started).
+        Entries end roughly in file order, so this holds up to the correlation window."""
+        ends = [r.latest_end_us for r in self.readers if not r.done]
+        if not ends:
+            return datetime.max.replace(tzinfo=UTC)
+        if any(end is None for end in ends):
+            return datetime.min.replace(tzinfo=UTC)
+        oldest = min(end for end in ends if end is not None)
+        return datetime.fromtimestamp(oldest / 1e6, tz=UTC)
 
     def accounting(self) -> dict[str, dict[LineResult, int]]:
         """Lines per result, per source (the input's name, not the pod a prefix names)."""
