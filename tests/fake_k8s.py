@@ -26,7 +26,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +35,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeKube", "format_rfc3339nano", "parse_rfc3339"]
+from exporter.sources import Chunk
+
+__all__ = ["FakeKube", "Recorder", "format_rfc3339nano", "parse_rfc3339", "wait"]
 
 TOKEN = "fake-token"
 LIST_PATH = re.compile(r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/pods$")
@@ -749,3 +752,60 @@ def _requirement(part: str, labels: dict[str, str]) -> bool:
     if part.startswith("!"):
         return part[1:].strip() not in labels
     return part in labels
+
+
+# -- helpers for tests of any source ------------------------------------------------------
+
+
+@dataclass
+class Recorder:
+    """A SourceEvents and a thread-safe sink that remember everything, for source tests."""
+
+    chunks: list[Chunk] = field(default_factory=list)
+    opened: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    restarts: list[tuple[str, str]] = field(default_factory=list)
+    healths: list[tuple[bool, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sink(self, chunk: Chunk) -> None:
+        with self.lock:
+            self.chunks.append(chunk)
+
+    def stream_opened(self, kind: str, source: str) -> None:
+        with self.lock:
+            self.opened.append(source)
+
+    def stream_closed(self, kind: str, source: str) -> None:
+        with self.lock:
+            self.closed.append(source)
+
+    def stream_restarted(self, kind: str, source: str, reason: str) -> None:
+        with self.lock:
+            self.restarts.append((source, reason))
+
+    def health(self, ok: bool, reason: str) -> None:
+        with self.lock:
+            self.healths.append((ok, reason))
+
+    def lines(self, source: str | None = None) -> list[str]:
+        with self.lock:
+            return [line for c in self.chunks if source in (None, c.source) for line in c.lines]
+
+    def following(self) -> set[str]:
+        with self.lock:
+            return set((Counter(self.opened) - Counter(self.closed)).keys())
+
+    @property
+    def active(self) -> int:
+        with self.lock:
+            return len(self.opened) - len(self.closed)
+
+
+def wait(predicate: Callable[[], bool], timeout: float = 6.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

@@ -11,65 +11,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
 
 from exporter.kube import Cursor, KubeSource, Resume, parse_timestamp, since_time
-from exporter.sources import Chunk, KubeSettings
-from tests.fake_k8s import FakeKube, format_rfc3339nano
+from exporter.sources import KubeSettings
+from tests.fake_k8s import FakeKube, Recorder, format_rfc3339nano, wait
 
 pytestmark = pytest.mark.timeout(30)
 
 NS = "default"
 T0 = 1_700_000_000 * 1_000_000_000  # a whole second
-
-
-@dataclass
-class Recorder:
-    """SourceEvents and a thread-safe sink, remembering everything."""
-
-    chunks: list[Chunk] = field(default_factory=list)
-    opened: list[str] = field(default_factory=list)
-    closed: list[str] = field(default_factory=list)
-    restarts: list[tuple[str, str]] = field(default_factory=list)
-    healths: list[tuple[bool, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def sink(self, chunk: Chunk) -> None:
-        with self.lock:
-            self.chunks.append(chunk)
-
-    def stream_opened(self, kind: str, source: str) -> None:
-        with self.lock:
-            self.opened.append(source)
-
-    def stream_closed(self, kind: str, source: str) -> None:
-        with self.lock:
-            self.closed.append(source)
-
-    def stream_restarted(self, kind: str, source: str, reason: str) -> None:
-        with self.lock:
-            self.restarts.append((source, reason))
-
-    def health(self, ok: bool, reason: str) -> None:
-        with self.lock:
-            self.healths.append((ok, reason))
-
-    def lines(self, source: str | None = None) -> list[str]:
-        with self.lock:
-            return [line for c in self.chunks if source in (None, c.source) for line in c.lines]
-
-    def following(self) -> set[str]:
-        with self.lock:
-            return set((Counter(self.opened) - Counter(self.closed)).keys())
-
-    @property
-    def active(self) -> int:
-        with self.lock:
-            return len(self.opened) - len(self.closed)
 
 
 @dataclass
@@ -89,15 +44,6 @@ class Running:
         wait(lambda: len(self.rec.lines(source)) >= len(expected), timeout)
         time.sleep(0.3)
         assert Counter(self.rec.lines(source)) == Counter(expected)
-
-
-def wait(predicate: Callable[[], bool], timeout: float = 6.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture
