@@ -10,7 +10,6 @@ from __future__ import annotations
 import polars as pl
 
 from analyzer import naming
-from analyzer.correlate import destination_service
 from analyzer.schema import CONNECTION_SCHEMA, conform
 from analyzer.vocab import Cause, Outcome, Pairing, UpgradePath
 
@@ -155,7 +154,7 @@ def classify(rows: pl.DataFrame, *, keep_query: bool = False) -> pl.DataFrame:
         server=pl.when(_present(S)).then(S),
     )
     outcome, cause = outcome_and_cause()
-    service = destination_service()
+    service = naming.destination_service()
     path = pl.col("path") if keep_query else naming.strip_query(pl.col("path"))
     out = rows.with_columns(
         destination_service=service,

@@ -50,3 +50,10 @@ def source_workload(source: pl.Expr) -> pl.Expr:
 
 def strip_query(path: pl.Expr) -> pl.Expr:
     return path.str.replace(r"[?#].*$", "")
+
+
+def destination_service() -> pl.Expr:
+    """From the client's cluster name, else the authority host."""
+    return pl.coalesce(
+        cluster_service(pl.col("upstream_cluster")), authority_service(pl.col("authority"))
+    )
