@@ -28,13 +28,31 @@ FLAG_CAUSES: tuple[tuple[tuple[str, ...], Cause], ...] = (
 )
 
 
-def _field(side: pl.Expr, name: str) -> pl.Expr:
-    return side.struct.field(name)
+FIELDS = (
+    "source",
+    "protocol",
+    "upstream_protocol",
+    "response_code",
+    "response_flags",
+    "response_code_details",
+)
 
 
-def has_flag(flags: pl.Expr, *names: str) -> pl.Expr:
-    pattern = "(^|,)(" + "|".join(names) + ")(,|$)"
-    return flags.fill_null("").str.contains(pattern)
+def _flatten(rows: pl.DataFrame) -> pl.DataFrame:
+    """The entry fields classification reads, as plain ``c_*`` / ``s_*`` columns."""
+    return rows.with_columns(
+        *[C.struct.field(f).alias(f"c_{f}") for f in FIELDS],
+        *[S.struct.field(f).alias(f"s_{f}") for f in FIELDS],
+    )
+
+
+def flag_cause(flags: str | None) -> str:
+    """The cause Envoy's response flags (``UF,URX``) point at, first match wins."""
+    present = set((flags or "").split(","))
+    for names, cause in FLAG_CAUSES:
+        if present.intersection(names):
+            return cause.value
+    return Cause.OTHER.value
 
 
 def _hop(protocol: pl.Expr) -> pl.Expr:
@@ -50,74 +68,66 @@ def upgrade_path() -> pl.Expr:
     """``<app-to-client-sidecar>-<sidecar-to-sidecar>``. The mesh hop is the server entry's
     downstream protocol, or the client's %UPSTREAM_PROTOCOL%; a server-only connection's first
     hop is taken as h1 (WebSocket clients speak HTTP/1.1)."""
-    mesh = _hop(pl.coalesce(_field(S, "protocol"), _field(C, "upstream_protocol")))
-    app = pl.coalesce(_hop(_field(C, "protocol")), pl.when(C.is_null()).then(pl.lit("h1")))
+    mesh = _hop(pl.coalesce("s_protocol", "c_upstream_protocol"))
+    client_hop = _hop(pl.col("c_protocol"))
+    app = pl.coalesce(client_hop, pl.when(pl.col("c_source").is_null()).then(pl.lit("h1")))
     joined = pl.concat_str(app, mesh, separator="-")
     return pl.coalesce(joined, pl.lit(UpgradePath.UNKNOWN.value))
 
 
-def _upgraded(side: pl.Expr) -> pl.Expr:
-    return _field(side, "response_code") == 101
-
-
-def _present(side: pl.Expr) -> pl.Expr:
-    return _field(side, "source").is_not_null()
-
-
-def _deciding() -> pl.Expr:
-    return pl.when(_present(S) & ~_upgraded(S)).then(S).otherwise(C)
+def _deciding(name: str) -> pl.Expr:
+    """The server's field when the server saw a non-upgrade, else the client's."""
+    server_decides = pl.col("s_source").is_not_null() & (pl.col("s_response_code") != 101)
+    return pl.when(server_decides).then(pl.col(f"s_{name}")).otherwise(pl.col(f"c_{name}"))
 
 
 def _connect_rejected() -> pl.Expr:
     server_sig = (
-        (_field(S, "protocol") == "HTTP/2")
-        & has_flag(_field(S, "response_flags"), "DPE")
-        & (_field(S, "response_code").fill_null(0) == 0)
+        (pl.col("s_protocol") == "HTTP/2")
+        & pl.col("s_response_flags").str.contains("DPE", literal=True)
+        & (pl.col("s_response_code").fill_null(0) == 0)
     )
     client_sig = (
-        ~_present(S)
-        & (_field(C, "upstream_protocol") == "HTTP/2")
-        & (_field(C, "response_code") == 503)
-        & _field(C, "response_code_details").str.starts_with(
+        pl.col("s_source").is_null()
+        & (pl.col("c_upstream_protocol") == "HTTP/2")
+        & (pl.col("c_response_code") == 503)
+        & pl.col("c_response_code_details").str.starts_with(
             "upstream_reset_before_response_started"
         )
     )
     return server_sig.fill_null(False) | client_sig.fill_null(False)
 
 
-def _flag_cause(flags: pl.Expr) -> pl.Expr:
-    expr = pl.lit(Cause.OTHER.value)
-    for names, cause in reversed(FLAG_CAUSES):
-        expr = pl.when(has_flag(flags, *names)).then(pl.lit(cause.value)).otherwise(expr)
-    return expr
-
-
-def outcome_and_cause() -> tuple[pl.Expr, pl.Expr]:
-    deciding = _deciding()
-    code = _field(deciding, "response_code").fill_null(0)
-    flags = _field(deciding, "response_flags")
-    details = _field(deciding, "response_code_details").fill_null("")
-    handshake = (
-        _field(C, "response_code_details") == "websocket_handshake_unsuccessful"
-    ).fill_null(False) | (
-        _field(S, "response_code_details") == "websocket_handshake_unsuccessful"
-    ).fill_null(False)
-    from_app = (details == "via_upstream") & flags.is_null() & (code > 0)
-    upgraded = (
-        (~_present(C) | _upgraded(C)).fill_null(True)
-        & (~_present(S) | _upgraded(S)).fill_null(True)
-        & (_upgraded(C).fill_null(False) | _upgraded(S).fill_null(False))
+def _upgraded() -> pl.Expr:
+    c_up = pl.col("c_response_code") == 101
+    s_up = pl.col("s_response_code") == 101
+    return (
+        (pl.col("c_source").is_null() | c_up).fill_null(False)
+        & (pl.col("s_source").is_null() | s_up).fill_null(False)
+        & (c_up.fill_null(False) | s_up.fill_null(False))
     )
+
+
+def outcome_and_cause(flag_causes: dict[str, str]) -> tuple[pl.Expr, pl.Expr]:
+    code = _deciding("response_code").fill_null(0)
+    flags = _deciding("response_flags")
+    from_app = (_deciding("response_code_details") == "via_upstream") & flags.is_null() & (code > 0)
+    unsuccessful = "websocket_handshake_unsuccessful"
+    handshake = (pl.col("c_response_code_details") == unsuccessful).fill_null(False) | (
+        pl.col("s_response_code_details") == unsuccessful
+    ).fill_null(False)
+    by_flags = flags.replace_strict(flag_causes, default=Cause.OTHER.value, return_dtype=pl.String)
+    upgraded = _upgraded()
     cause = (
         pl.when(~pl.col("has_final") | upgraded)
         .then(pl.lit(Cause.NONE.value))
         .when(_connect_rejected())
         .then(pl.lit(Cause.H2_CONNECT_NOT_ALLOWED.value))
-        .when(handshake | (from_app & (code < 400)))
+        .when(handshake | (from_app & (code < 400)).fill_null(False))
         .then(pl.lit(Cause.APP_DID_NOT_UPGRADE.value))
-        .when(from_app)
+        .when(from_app.fill_null(False))
         .then(pl.lit(Cause.APP_REFUSED.value))
-        .otherwise(_flag_cause(flags))
+        .otherwise(by_flags)
     )
     rejected = cause.is_in([Cause.APP_DID_NOT_UPGRADE.value, Cause.APP_REFUSED.value])
     outcome = (
@@ -133,10 +143,11 @@ def outcome_and_cause() -> tuple[pl.Expr, pl.Expr]:
 
 
 def pairing() -> pl.Expr:
+    client, server = pl.col("c_source").is_not_null(), pl.col("s_source").is_not_null()
     return (
-        pl.when(_present(C) & _present(S))
+        pl.when(client & server)
         .then(pl.lit(Pairing.PAIRED.value))
-        .when(_present(C))
+        .when(client)
         .then(pl.lit(Pairing.CLIENT_ONLY.value))
         .otherwise(pl.lit(Pairing.SERVER_ONLY.value))
     )
@@ -144,26 +155,49 @@ def pairing() -> pl.Expr:
 
 def _main_side(name: str) -> pl.Expr:
     """A figure from the client side's final entry, or the server's when client-only."""
-    return pl.coalesce(_field(C, name), _field(S, name))
+    return pl.coalesce(C.struct.field(name), S.struct.field(name))
 
 
-def classify(rows: pl.DataFrame, *, keep_query: bool = False) -> pl.DataFrame:
-    """Turn correlated rows into CONNECTION_SCHEMA connections."""
-    rows = rows.with_columns(
-        client=pl.when(_present(C)).then(C),
-        server=pl.when(_present(S)).then(S),
-    )
-    outcome, cause = outcome_and_cause()
+def _by_unique(rows: pl.DataFrame, keys: list[str], **exprs: pl.Expr) -> pl.DataFrame:
+    """Compute ``exprs`` once per distinct ``keys`` (a few services and pods, many rows)."""
+    distinct = rows.select(keys).unique().with_columns(**exprs)
+    return rows.join(distinct, on=keys, how="left", nulls_equal=True)
+
+
+def _names(rows: pl.DataFrame, keep_query: bool) -> pl.DataFrame:
     service = naming.destination_service()
-    path = pl.col("path") if keep_query else naming.strip_query(pl.col("path"))
-    out = rows.with_columns(
+    rows = _by_unique(
+        rows,
+        ["upstream_cluster", "authority", "server_source"],
         destination_service=service,
         destination_namespace=pl.coalesce(
             naming.service_namespace(service), naming.source_namespace(pl.col("server_source"))
         ),
+    )
+    rows = _by_unique(
+        rows,
+        ["client_source"],
         source_workload=naming.source_workload(pl.col("client_source")),
         source_namespace=naming.source_namespace(pl.col("client_source")),
-        path=path,
+    )
+    if keep_query:
+        return rows
+    return _by_unique(
+        rows.rename({"path": "raw_path"}), ["raw_path"], path=naming.strip_query(pl.col("raw_path"))
+    )
+
+
+def classify(rows: pl.DataFrame, *, keep_query: bool = False) -> pl.DataFrame:
+    """Turn correlated rows into CONNECTION_SCHEMA connections."""
+    rows = _flatten(rows)
+    rows = rows.with_columns(
+        client=pl.when(pl.col("c_source").is_not_null()).then(C),
+        server=pl.when(pl.col("s_source").is_not_null()).then(S),
+    )
+    distinct_flags = pl.concat([rows["c_response_flags"], rows["s_response_flags"]]).unique()
+    flag_causes = {f: flag_cause(f) for f in distinct_flags.drop_nulls().to_list()}
+    outcome, cause = outcome_and_cause(flag_causes)
+    out = _names(rows, keep_query).with_columns(
         upgrade_path=upgrade_path(),
         outcome=outcome,
         cause=cause,

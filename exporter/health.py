@@ -21,7 +21,10 @@ class Health:
         self.metrics.streams_active.labels(kind=kind).inc()
 
     def stream_closed(self, kind: str, source: str) -> None:
+        """A stream ended for good (pod deleted, file gone): drop its per-source series so a
+        stale-source alert does not fire for it forever."""
         self.metrics.streams_active.labels(kind=kind).dec()
+        self.metrics.forget_source(source)
 
     def stream_restarted(self, kind: str, source: str, reason: str) -> None:
         self.metrics.stream_restarts.labels(kind=kind, reason=reason).inc()

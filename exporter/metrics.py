@@ -9,6 +9,7 @@ observation is silently dropped.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -188,6 +189,10 @@ class Metrics:
         for reason, count in rejects.items():
             if count:
                 self.rejects.labels(reason=reason).inc(count)
+
+    def forget_source(self, source: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.newest_entry.remove(source)
 
     def record_newest(self, source: str, timestamp_s: float) -> None:
         labels = self._labels("wslog_source_newest_entry_timestamp_seconds", {"source": source})
