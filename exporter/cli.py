@@ -123,7 +123,7 @@ def _source(
         return StdinSource()
     from exporter.kube import KubeSource
 
-    return KubeSource.from_settings(kube)
+    return KubeSource(kube)
 
 
 def _stop_on_signals() -> threading.Event:
