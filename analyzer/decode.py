@@ -113,7 +113,8 @@ def _decode_json(frame: pl.DataFrame, formats: Sequence[Format]) -> _Part:
 def _json_decode(texts: pl.Series, dtype: pl.Struct) -> tuple[pl.Series, pl.Series]:
     """``str.json_decode`` that isolates failing lines (bisection) and decodes them one by one."""
     try:
-        decoded = texts.str.json_decode(dtype)
+        query = texts.to_frame("text").lazy().select(pl.col("text").str.json_decode(dtype))
+        decoded = query.collect(engine="streaming").to_series()
         if decoded.len() == texts.len():
             return decoded, pl.Series([None] * texts.len(), dtype=pl.String)
     except pl.exceptions.PolarsError:
@@ -249,7 +250,8 @@ def _diagnose(text: str, formats: Sequence[Format]) -> tuple[RejectReason, str]:
             f"{best_fmt.name}: unexpected text after the last field",
         )
     expected = best_fmt.labels[best_k]
-    if best_end >= len(text):
+    rest = text[best_end:]
+    if not rest or best_fmt.literals[best_k].startswith(rest):
         return RejectReason.TRUNCATED, f"{best_fmt.name}: line ends before {expected}"
     found = text[best_end : best_end + 24]
     detail = f"{best_fmt.name}: expected {expected} at column {best_end + 1}, found {found!r}"

@@ -124,6 +124,7 @@ class Format:
     probe: str = ""
     steps: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
+    literals: tuple[str, ...] = ()  # per token: its literal text, "" for a field
 
     def columns(self) -> dict[str, Field]:
         """The first field mapped to each ENTRY column."""
@@ -211,7 +212,8 @@ def compile_text(name: str, fmt: str) -> Format:
     head = next(i for i, tok in enumerate(tokens) if isinstance(tok, Field))
     probe = "^" + "".join(steps[: head + 2])
     labels = tuple(_label(tok) for tok in tokens)
-    return Format(name, FormatKind.TEXT, fields, pattern, probe, steps, labels)
+    literals = tuple(tok if isinstance(tok, str) else "" for tok in tokens)
+    return Format(name, FormatKind.TEXT, fields, pattern, probe, steps, labels, literals)
 
 
 def _field(match: re.Match[str], key: str) -> Field:

@@ -93,17 +93,20 @@ class Deframer:
 
     def feed_bytes(self, data: bytes) -> Framed:
         """Deframe the complete lines of ``data``; a trailing piece waits for its newline."""
-        block = self._tail + data
+        block = self._tail + data if self._tail else data
         cut = block.rfind(b"\n")
         if cut < 0:
             self._tail = block
             return Framed(empty(LINE_SCHEMA), empty(REJECT_SCHEMA))
         self._tail = block[cut + 1 :]
-        return self._feed_block(block[:cut])
+        return self._feed_block(block, cut)
 
-    def feed_lines(self, lines: Sequence[str] | pl.Series) -> Framed:
+    def feed_lines(self, lines: Sequence[str] | pl.Series, *, strip_cr: bool = True) -> Framed:
         """Deframe complete lines (without their newlines)."""
-        texts = pl.Series("text", lines, dtype=pl.String).str.strip_suffix("\r")
+        texts = lines.rename("text") if isinstance(lines, pl.Series) else pl.Series("text", lines)
+        texts = texts.cast(pl.String)
+        if strip_cr:
+            texts = texts.str.strip_suffix("\r")
         first = self._next_line_no
         self._next_line_no += texts.len()
         if self.framing is None:
@@ -115,19 +118,22 @@ class Deframer:
         """End of source: the unterminated last line and any partial line become lines."""
         parts = []
         if self._tail:
-            tail, self._tail = self._tail, b""
-            parts.append(self._feed_block(tail))
+            tail, self._tail = self._tail + b"\n", b""
+            parts.append(self._feed_block(tail, len(tail) - 1))
         pending, self._pending = self._pending, _empty_pending()
         lines = conform(pending.with_columns(source=pl.lit(self.source)), LINE_SCHEMA)
         parts.append(Framed(lines, empty(REJECT_SCHEMA)))
         return Framed.concat(parts)
 
-    def _feed_block(self, block: bytes) -> Framed:
+    def _feed_block(self, block: bytes, cut: int) -> Framed:
+        """Deframe the lines of ``block[:cut]`` (``block[cut]`` is its last newline)."""
         try:
             texts = pl.read_lines(block, name="text")["text"]
         except pl.exceptions.ComputeError:
-            return self._feed_undecodable(block)
-        return self.feed_lines(texts)
+            return self._feed_undecodable(block[:cut])
+        if cut + 1 < len(block):
+            texts = texts.head(-1)
+        return self.feed_lines(texts, strip_cr=b"\r" in block)
 
     def _feed_undecodable(self, block: bytes) -> Framed:
         """Per-line decode: lines that are not UTF-8 are rejected, the others deframed."""
@@ -150,6 +156,8 @@ class Deframer:
         return Framed(empty(LINE_SCHEMA), reject)
 
     def _deframe(self, frame: pl.DataFrame) -> Framed:
+        if self.framing is None or self.framing is Framing.RAW:
+            return Framed(_with_source(frame, self.source), empty(REJECT_SCHEMA))
         blank = frame["text"].str.len_bytes() == 0
         passed = _with_source(frame.filter(blank), self.source)
         framed = self._by_framing(frame.filter(~blank))

@@ -1,0 +1,297 @@
+"""Decoding framed lines into entries (issue 3, items 2 and 7)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analyzer.decode import Decoded, decode, decode_framed
+from analyzer.formats import FormatSet, default_formats, parse_log_format
+from analyzer.framing import Deframer, Framed
+from analyzer.schema import ENTRY_SCHEMA, REJECT_SCHEMA
+from analyzer.vocab import LineResult
+
+FORMATS = default_formats()
+RENUKA = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
+    '%DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" '
+    '"%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"'
+)
+# file -> (entries, not_access_log, malformed, formats seen)
+REAL_WORLD = {
+    "cray-hpe-docs-csm-installation-failure.log": (2, 0, 0, {"istio-text-1.8"}),
+    "cray-hpe-docs-csm-troubleshoot-intermittent-503s.log": (1, 0, 1, {"istio-text-1.8"}),
+    "istio-io-docs-access-log-task.log": (2, 0, 0, {"istio-text-1.9"}),
+    "jewertow-istio-playground-gateway-cluster-config.log": (3, 0, 0, {"istio-text-1.9"}),
+    "jewertow-istio-playground-tunneling-http-proxy-sidecar.log": (3, 0, 0, {"istio-text-1.9"}),
+    "renuka-fernando-examples-envoy-simple.log": (0, 0, 10, set()),
+    "zhaohuabing-blog-2020-09-11-headless-mtls.log": (1, 0, 0, {"istio-text-1.7"}),
+    "zhaohuabing-blog-2020-09-19-headless-mtls.log": (4, 0, 0, {"istio-text-1.7"}),
+    "zhaohuabing-blog-2022-09-10-try-istio-ambient.log": (7, 0, 0, {"istio-text-1.9"}),
+}
+
+
+def decode_bytes(data: bytes, formats: FormatSet = FORMATS, chunk: int = 0) -> Decoded:
+    deframer = Deframer("f.log")
+    pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
+    parts = [decode_framed(deframer.feed_bytes(p), formats) for p in pieces]
+    return Decoded.concat([*parts, decode_framed(deframer.flush(), formats)])
+
+
+def decode_lines(lines: list[str], formats: FormatSet = FORMATS) -> Decoded:
+    return decode_bytes("".join(line + "\n" for line in lines).encode(), formats)
+
+
+def counts(decoded: Decoded) -> tuple[int, int, int]:
+    return tuple(decoded.count(r) for r in LineResult)  # type: ignore[return-value]  # 3 results
+
+
+@pytest.mark.parametrize("name", sorted(REAL_WORLD))
+def test_every_real_world_line_is_accounted_for(shared: Path, name: str) -> None:
+    data = (shared / "real-world-logs" / name).read_bytes()
+    decoded = decode_bytes(data)
+    entries, foreign, malformed, formats = REAL_WORLD[name]
+    assert counts(decoded) == (entries, foreign, malformed)
+    assert decoded.lines == data.count(b"\n") + (not data.endswith(b"\n"))
+    assert set(decoded.entries["format"].to_list()) == formats
+    assert decoded.entries.schema == ENTRY_SCHEMA
+    assert decoded.rejects.schema == REJECT_SCHEMA
+
+
+def test_truncated_istio_1_7_line_is_reported_as_truncated(shared: Path) -> None:
+    path = shared / "real-world-logs" / "cray-hpe-docs-csm-troubleshoot-intermittent-503s.log"
+    rejects = decode_bytes(path.read_bytes()).rejects
+    assert rejects.select("line_no", "reason").rows() == [(1, "truncated")]
+    assert "istio-text-1.7" in rejects["detail"][0]
+
+
+def test_renuka_custom_format_with_compose_prefix_decodes_with_log_format(shared: Path) -> None:
+    data = (shared / "real-world-logs" / "renuka-fernando-examples-envoy-simple.log").read_bytes()
+    decoded = decode_bytes(data, FORMATS.with_formats(parse_log_format(RENUKA)))
+    assert counts(decoded) == (10, 0, 0)
+    ws = decoded.entries.filter(pl.col("response_code") == 101)
+    assert ws.select("response_flags", "duration_ms", "source").rows() == [
+        ("DC", 13342, "envoy-1"),
+        ("SI", 413322, "envoy-1"),
+    ]
+    assert ws["log_time"][0] == datetime(2024, 7, 21, 8, 33, 12, 906672, tzinfo=UTC)
+
+
+def test_without_its_format_the_renuka_log_is_malformed_not_foreign(shared: Path) -> None:
+    data = (shared / "real-world-logs" / "renuka-fernando-examples-envoy-simple.log").read_bytes()
+    rejects = decode_bytes(data).rejects
+    assert set(rejects["reason"].to_list()) == {"format-mismatch"}
+
+
+def test_istio_text_fields_are_typed_and_dashes_are_null(shared: Path) -> None:
+    data = (shared / "real-world-logs" / "istio-io-docs-access-log-task.log").read_bytes()
+    row = decode_bytes(data).entries.row(1, named=True)
+    assert row["start_time"] == datetime(2020, 11, 25, 21, 26, 18, 409000, tzinfo=UTC)
+    assert (row["method"], row["path"], row["protocol"]) == ("GET", "/status/418", "HTTP/1.1")
+    assert (row["response_code"], row["response_flags"]) == (418, None)
+    assert row["response_code_details"] == "via_upstream"
+    assert (row["bytes_received"], row["bytes_sent"], row["duration_ms"]) == (0, 135, 3)
+    assert row["upstream_service_time_ms"] == 1
+    assert row["upstream_cluster"] == "inbound|8000||"
+    assert row["route_name"] == "default"
+
+
+def test_tcp_entries_have_null_method_and_protocol(shared: Path) -> None:
+    name = "jewertow-istio-playground-tunneling-http-proxy-sidecar.log"
+    entries = decode_bytes((shared / "real-world-logs" / name).read_bytes()).entries
+    assert entries.select("method", "protocol", "response_code").unique().rows() == [
+        (None, None, 0)
+    ]
+
+
+def istio_json(**over: object) -> str:
+    entry: dict[str, object] = {
+        "start_time": "2026-01-01T00:00:00.123Z",
+        "method": "GET",
+        "path": "/ws",
+        "protocol": "HTTP/1.1",
+        "response_code": 101,
+        "response_flags": "UC",
+        "duration": 10,
+        "bytes_sent": 5,
+        "request_id": "r-1",
+        "upstream_cluster": "outbound|8080||ws.default.svc.cluster.local",
+        "downstream_remote_address": "127.0.**.**:53983",
+    }
+    entry.update(over)
+    return json.dumps({k: v for k, v in entry.items() if v is not ...})
+
+
+def test_istio_json_values_as_numbers_strings_null_or_dash_in_any_key_order() -> None:
+    lines = [
+        istio_json(),
+        istio_json(response_code="101", duration="10", bytes_sent="-"),
+        json.dumps(dict(reversed(json.loads(istio_json(bytes_sent=None)).items()))),
+    ]
+    entries = decode_lines(lines).entries
+    assert entries["response_code"].to_list() == [101, 101, 101]
+    assert entries["duration_ms"].to_list() == [10, 10, 10]
+    assert entries["bytes_sent"].to_list() == [5, None, None]
+    assert entries["downstream_remote_address"].to_list() == ["127.0.**.**:53983"] * 3
+    assert set(entries["format"].to_list()) == {"istio-json"}
+
+
+def test_alt_stat_name_semicolon_is_stripped_from_upstream_cluster() -> None:
+    entries = decode_lines([istio_json(upstream_cluster="outbound|80||a.b.svc.cluster.local;")])
+    assert entries.entries["upstream_cluster"].to_list() == ["outbound|80||a.b.svc.cluster.local"]
+
+
+def test_malformed_json_entries_are_counted_by_reason() -> None:
+    lines = [
+        istio_json(response_code="abc"),
+        istio_json()[:60],
+        istio_json(start_time=...),
+        istio_json() + "}",
+        istio_json(start_time="yesterday"),
+    ]
+    decoded = decode_lines(lines)
+    assert decoded.rejects.select("line_no", "reason").rows() == [
+        (1, "bad-field-value"),
+        (2, "truncated"),
+        (3, "missing-field"),
+        (4, "invalid-json"),
+        (5, "bad-field-value"),
+    ]
+    assert decoded.rejects["excerpt"].str.len_chars().max() <= 200  # type: ignore[operator]  # int
+
+
+def test_envoy_and_pilot_agent_messages_are_not_access_log() -> None:
+    lines = [
+        "[2026-01-01 00:00:00.000][15][info][main] [source/server/server.cc:915] starting",
+        "2026-01-01T00:00:00.123456Z\tinfo\txdsproxy\tconnected to upstream XDS server",
+        '{"level":"info","time":"2026-01-01T00:00:00Z","msg":"Envoy proxy is ready"}',
+        "",
+        "Istio sidecar injector: done",
+    ]
+    assert counts(decode_lines(lines)) == (0, 5, 0)
+
+
+def test_envoy_default_format_is_recognised() -> None:
+    line = (
+        '[2026-01-01T00:00:00.000Z] "GET /ws HTTP/1.1" 101 DC 61 105 13342 - "-" "-" '
+        '"e5248829-b318-443a-a763-e2460530f070" "localhost:8000" "192.168.5.2:8080"'
+    )
+    entries = decode_lines([line]).entries
+    assert entries.select("format", "response_code", "duration_ms").rows() == [
+        ("envoy-default", 101, 13342)
+    ]
+
+
+def test_custom_json_format_fields_are_understood_under_user_keys() -> None:
+    fmt = parse_log_format(
+        '{"when": "%START_TIME%", "status": "%RESPONSE_CODE%", "hop": "%UPSTREAM_PROTOCOL%",'
+        ' "type": "%ACCESS_LOG_TYPE%", "upgrade_hdr": "%REQ(UPGRADE)%", "conn": "%CONNECTION_ID%",'
+        ' "rid": "%REQ(X-REQUEST-ID)%"}'
+    )
+    line = json.dumps(
+        {
+            "when": "2026-01-01T00:00:00.000Z",
+            "status": 101,
+            "hop": "HTTP/2",
+            "rid": "x",
+            "type": "DownstreamPeriodic",
+            "upgrade_hdr": "websocket",
+            "conn": 42,
+        }
+    )
+    decoded = decode_lines([line], FORMATS.with_formats(fmt))
+    row = decoded.entries.row(0, named=True)
+    assert row["format"] == "custom"
+    assert (row["upstream_protocol"], row["access_log_type"]) == ("HTTP/2", "DownstreamPeriodic")
+    assert (row["upgrade"], row["connection_id"], row["response_code"]) == ("websocket", 42, 101)
+
+
+def test_custom_format_string_fields_are_understood_in_position() -> None:
+    fmt = parse_log_format(
+        "%START_TIME(%s.%3f)% %RESPONSE_CODE% %UPSTREAM_PROTOCOL% %ACCESS_LOG_TYPE% "
+        '"%REQ(UPGRADE)%" %CONNECTION_ID% %REQ(X-REQUEST-ID)%'
+    )
+    decoded = decode_lines(
+        ['1767225600.250 101 HTTP/2 DownstreamEnd "websocket" 7 r-9'], FORMATS.with_formats(fmt)
+    )
+    row = decoded.entries.row(0, named=True)
+    assert row["start_time"] == datetime(2026, 1, 1, 0, 0, 0, 250000, tzinfo=UTC)
+    assert (row["upstream_protocol"], row["access_log_type"], row["upgrade"]) == (
+        "HTTP/2",
+        "DownstreamEnd",
+        "websocket",
+    )
+    assert (row["connection_id"], row["request_id"]) == (7, "r-9")
+
+
+LAB = Path(__file__).resolve().parent.parent / "testdata" / "lab"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(LAB.glob("*/*/*.log")), ids=lambda p: "/".join(p.parts[-3:])
+)
+def test_lab_logs_decode_completely(path: Path) -> None:
+    decoded = decode_bytes(path.read_bytes())
+    assert decoded.count(LineResult.ENTRY) == decoded.lines > 0
+    typed = "typed" in path.parent.name
+    assert decoded.entries["access_log_type"].is_not_null().all() is typed
+
+
+# ---- properties -------------------------------------------------------------------------------
+
+SAMPLE_LINES = [
+    istio_json(),
+    istio_json(response_code="x"),
+    istio_json()[:50],
+    '[2026-01-01T00:00:00.000Z] "GET /ws HTTP/1.1" 101 DC 61 105 13342 - "-" "-" "r" "a" "u"',
+    '[2026-01-01T00:00:00.000Z] "GET',
+    "2026-01-01T00:00:00.123456Z\tinfo\tx",
+    "",
+]
+line_text = st.one_of(
+    st.sampled_from(SAMPLE_LINES), st.text(max_size=80).map(lambda s: s.replace("\n", " "))
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=400))
+def test_decoding_never_raises_on_any_bytes(data: bytes) -> None:
+    decoded = decode_bytes(data)
+    assert decoded.lines == data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(line_text, max_size=30))
+def test_every_line_is_accounted_for_exactly_once(lines: list[str]) -> None:
+    frame = pl.DataFrame({"source": "s", "line_no": range(1, len(lines) + 1), "text": lines})
+    decoded = decode(frame, FORMATS)
+    assert decoded.lines == len(lines)
+    seen = decoded.entries["line_no"].to_list() + decoded.rejects["line_no"].to_list()
+    assert (
+        len(seen)
+        == len(set(seen))
+        == decoded.count(LineResult.ENTRY) + decoded.count(LineResult.MALFORMED)
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(line_text, max_size=30), st.integers(min_value=1, max_value=64))
+def test_chunk_boundaries_do_not_change_the_result(lines: list[str], chunk: int) -> None:
+    data = "".join(line + "\n" for line in lines).encode()
+    whole, pieces = decode_bytes(data), decode_bytes(data, chunk=chunk)
+    assert whole.counts == pieces.counts
+    assert whole.entries.equals(pieces.entries)
+    assert whole.rejects.equals(pieces.rejects)
+
+
+def test_decode_framed_counts_framing_rejects_as_malformed() -> None:
+    framed = Deframer("f").feed_bytes(b"2026-01-01T00:00:00Z a\n2026-01-01T00:00:00Z b\nbad\n")
+    decoded = decode_framed(Framed.concat([framed]), FORMATS)
+    assert counts(decoded) == (0, 2, 1)
