@@ -1,0 +1,265 @@
+"""The exporter counts exactly what ``wslog analyze`` finds on the same lines: same
+connections per label set, same line accounting, each connection once. Also its HTTP
+endpoints, settings validation, SIGTERM, and the series cap."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from analyzer.cli import run as analyze_run
+from analyzer.formats import default_formats
+from exporter.files import FileSource
+from exporter.metrics import CONNECTION_LABELS, UNKNOWN
+from exporter.run import run_exporter
+from exporter.settings import ExporterSettings, Listen, PipelineSettings, SourceKind
+from exporter.sources import FileSettings
+from tests.conftest import ROOT, TESTDATA
+
+DEADLINE_S = 60
+
+
+def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+    return sum(value for _, value in samples.get(name, []))
+
+
+def counted_connections(
+    samples: dict[str, list[tuple[dict[str, str], float]]],
+) -> Counter[tuple[str, ...]]:
+    counts: Counter[tuple[str, ...]] = Counter()
+    for labels, value in samples.get("wslog_connections_total", []):
+        counts[tuple(labels[k] for k in CONNECTION_LABELS)] += int(value)
+    return counts
+
+
+def analysed_connections(paths: list[str]) -> tuple[Counter[tuple[str, ...]], dict[str, int]]:
+    result = analyze_run(paths, None, False, False, False, 10.0, 1.0)
+    frame = result.connections.select(
+        [pl.col(k).fill_null(UNKNOWN).cast(pl.String) for k in CONNECTION_LABELS]
+    )
+    counts = Counter(tuple(row) for row in frame.iter_rows())
+    return counts, {str(k): v for k, v in result.lines.items()}
+
+
+class Exporter:
+    """``run_exporter`` in a thread of this process, on a free port."""
+
+    def __init__(self, globs: list[str], max_series: int = 2000) -> None:
+        self.stop = threading.Event()
+        self.port: int | None = None
+        ready = threading.Event()
+        settings = ExporterSettings(
+            SourceKind.FILES,
+            Listen("127.0.0.1", 0),
+            max_series,
+            PipelineSettings(timedelta(seconds=2), timedelta(seconds=1), 200_000, 0.1, None),
+        )
+        source = FileSource(FileSettings(globs=tuple(globs), from_start=True, once=True))
+
+        def listening(port: int) -> None:
+            self.port = port
+            ready.set()
+
+        self.thread = threading.Thread(
+            target=run_exporter,
+            args=(settings, source, default_formats(), self.stop, listening),
+            daemon=True,
+        )
+        self.thread.start()
+        assert ready.wait(10), "exporter did not start listening"
+
+    def settle(self, lines: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Scrape until every line is counted and nothing is pending (bounded)."""
+        assert self.port is not None
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:
+            samples = scrape(self.port)
+            done = total(samples, "wslog_log_lines_total") == lines
+            if done and total(samples, "wslog_pending_entries") == 0:
+                time.sleep(0.3)  # one more tick: nothing may change any more
+                again = scrape(self.port)
+                if counted_connections(again) == counted_connections(samples):
+                    return again
+            time.sleep(0.1)
+        raise AssertionError(f"exporter did not settle on {lines} lines in {DEADLINE_S}s")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def lab_logs(fmt: str) -> list[str]:
+    return sorted(str(p) for p in (TESTDATA / "lab" / fmt).glob("*/*.log"))
+
+
+def line_count(paths: list[str]) -> int:
+    return sum(len(Path(p).read_bytes().splitlines()) for p in paths)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_exporter_counts_exactly_what_analyze_finds(fmt: str) -> None:
+    paths = lab_logs(fmt)
+    expected, lines = analysed_connections(paths)
+    exporter = Exporter(paths)
+    try:
+        samples = exporter.settle(line_count(paths))
+    finally:
+        exporter.close()
+    assert counted_connections(samples) == expected
+    by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
+    assert by_result == {k: v for k, v in lines.items() if v}
+    assert sum(expected.values()) == 12  # app-down and app-refuses show no evidence
+
+
+def test_exporter_on_mixed_noise_and_malformed_lines_loses_nothing(tmp_path: Path) -> None:
+    lab = TESTDATA / "lab" / "json"
+    mixed = tmp_path / "mixed.log"
+    noise = [
+        "2026-11-25T10:00:00.000000Z\tinfo\tenvoy main\tstarting",
+        '{"start_time": "2026-11-26T00:13:28.246Z", "response_code": "not a number"',
+        "",
+    ]
+    body = []
+    for scenario in ("h1", "h2", "h2-no-allow-connect"):
+        body += (lab / scenario / "client.log").read_text().splitlines()
+        body += noise
+        body += (lab / scenario / "server.log").read_text().splitlines()
+    mixed.write_text("\n".join(body) + "\n")
+    expected, lines = analysed_connections([str(mixed)])
+    exporter = Exporter([str(mixed)])
+    try:
+        samples = exporter.settle(len(body))
+    finally:
+        exporter.close()
+    assert counted_connections(samples) == expected
+    by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
+    assert by_result == {k: v for k, v in lines.items() if v}
+    assert by_result["malformed"] >= 3
+
+
+def test_series_cap_folds_labels_and_counts_the_overflow() -> None:
+    paths = lab_logs("json")
+    exporter = Exporter(paths, max_series=1)
+    try:
+        samples = exporter.settle(line_count(paths))
+    finally:
+        exporter.close()
+    connection_total = total(samples, "wslog_connections_total")
+    assert connection_total == 12
+    assert total(samples, "wslog_series_overflow_total") > 0
+    folded = [labels for labels, _ in samples["wslog_connections_total"]]
+    assert any(labels["destination_service"] == "__overflow__" for labels in folded)
+
+
+def test_no_label_carries_a_path_an_id_or_an_address() -> None:
+    paths = lab_logs("json")
+    result = analyze_run(paths, None, True, True, False, 10.0, 1.0).connections
+    forbidden = set(result.get_column("request_id").drop_nulls())
+    forbidden |= set(result.get_column("path").drop_nulls())
+    for side in ("client", "server"):
+        for field in ("upstream_host", "upstream_local_address", "downstream_remote_address"):
+            forbidden |= set(result.get_column(side).struct.field(field).drop_nulls())
+    assert len(forbidden) > 30
+    exporter = Exporter(paths)
+    try:
+        samples = exporter.settle(line_count(paths))
+    finally:
+        exporter.close()
+    values = {v for series in samples.values() for labels, _ in series for v in labels.values()}
+    assert values and not values & forbidden
+
+
+def _start_cli(*args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "wslog", "exporter", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def _port_from_logs(proc: subprocess.Popen[bytes]) -> int:
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        record = json.loads(line)
+        if "port" in record:
+            return int(record["port"])
+    proc.kill()
+    raise AssertionError("exporter never logged its port")
+
+
+def test_cli_serves_endpoints_and_stops_cleanly_on_sigterm() -> None:
+    paths = lab_logs("json")
+    proc = _start_cli(
+        "--source",
+        "files",
+        "--from-start",
+        "--once",
+        "--listen",
+        "127.0.0.1:0",
+        *[arg for p in paths for arg in ("--path", p)],
+    )
+    try:
+        port = _port_from_logs(proc)
+        for path, code in (("/healthz", 200), ("/readyz", 200), ("/nope", 404)):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    assert r.status == code
+            except urllib.error.HTTPError as err:
+                assert err.code == code
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--listen", "nowhere"], "HOST:PORT"),
+        (["--pair-window", "0"], "--pair-window"),
+        (["--source", "files"], "--path"),
+        (["--max-series", "0"], "--max-series"),
+        (["--log-format", "@/no/such/file"], "cannot read"),
+    ],
+)
+def test_bad_settings_exit_2_with_the_fix(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wslog", "exporter", *args],
+        capture_output=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr.decode()
