@@ -292,6 +292,21 @@ class Api:
             return watcher.stream(self.core.list_pod_for_all_namespaces, **kwargs)  # type: ignore[no-any-return]
         return watcher.stream(self.core.list_namespaced_pod, namespace, **kwargs)  # type: ignore[no-any-return]
 
+    def pod_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of the pod now called ``namespace/name``, None when there is none."""
+        try:
+            resp = self.core.read_namespaced_pod(
+                name,
+                namespace,
+                _preload_content=False,
+                _request_timeout=self._settings.request_timeout_s,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return str(orjson.loads(resp.data)["metadata"]["uid"])
+
     def open_log(
         self, namespace: str, name: str, *, follow: bool, previous: bool, cursor: Cursor | None
     ) -> urllib3.BaseHTTPResponse:
@@ -407,6 +422,9 @@ class LogStream:
             if shared.stop.is_set():
                 return None, False
         try:
+            if (self._connections or self._retired.is_set()) and not self._same_pod():
+                self._retired.set()  # gone, or replaced by a namesake whose log is not ours
+                return None, False
             delivered = self._read_previous()
             self._restarts_seen = self._restarts_known
             follow = not self._retired.is_set()
@@ -428,9 +446,13 @@ class LogStream:
         finally:
             shared.slots.release()
 
+    def _same_pod(self) -> bool:
+        """The log API is addressed by name only: make sure the name still means our pod."""
+        return self._shared.api.pod_uid(self.pod.namespace, self.pod.name) == self.pod.uid
+
     def _on_api_error(self, error: ApiException) -> None:
         if error.status in (401, 403):
-            what = f"reading the log of pod {self.pod.source}"
+            what = f"reading pod {self.pod.source} or its log"
             self._shared.health.fail(f"log:{self.pod.source}", denial(error, what))
         elif error.status == 404 and not self._retired.is_set():
             log.debug("pod %s not found yet/anymore", self.pod.source)
