@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: demo test check setup setup-lab setup-test system-deps bench clean
+.PHONY: demo lab test check setup-lab setup-test system-deps bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,9 +27,14 @@ system-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v jq >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus jq; }
 
+# The main job on bundled data: the lab's captured Envoy logs, every scenario, analysed.
 demo: setup-lab
+	$(BIN)/wslog analyze 'testdata/lab/json/*/*.log'
+
+# The lab live: real Envoy sidecars on 127.0.0.1, then the analysis of what they wrote.
+lab: setup-lab
 	$(BIN)/wslog lab run h1 h2 h2-no-allow-connect --out $(OUT)/lab
-	$(BIN)/wslog analyze $(OUT)/lab
+	$(BIN)/wslog analyze '$(OUT)/lab/*/*.log'
 
 check: setup-test
 	$(BIN)/ruff check analyzer exporter wslog tests bench
