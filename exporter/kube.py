@@ -399,6 +399,12 @@ class LogStream:
             _shutdown(response)
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._shared.health.clear(f"log:{self.pod.source}")
+
+    def _run(self) -> None:
         shared, backoff = self._shared, Backoff(self._shared.settings)
         while not shared.stop.is_set():
             reason, delivered = self._connect_once()

@@ -273,6 +273,29 @@ def test_restart_while_following_ends_the_old_stream_and_follows_the_new_instanc
     assert {reason for _, reason in run.rec.restarts} <= {"container_restart", "end_of_stream"}
 
 
+def test_silent_stream_is_reopened_after_the_idle_timeout_without_duplicates(
+    kube: FakeKube, run_source: Callable[..., Running]
+) -> None:
+    run = run_source(stream_idle_timeout_s=0.4)
+    kube.add_pod(NS, "p", lines=numbered(2, "a"))
+    run.wait_lines(2)
+    time.sleep(1.0)
+    kube.append_lines(NS, "p", numbered(2, "b"))
+    run.settle(kube.log_lines(NS, "p"), "default/p")
+    assert ("default/p", "timeout") in run.rec.restarts
+
+
+def test_forbidden_logs_of_a_deleted_pod_do_not_keep_the_source_unhealthy(
+    kube: FakeKube, run_source: Callable[..., Running]
+) -> None:
+    run = run_source()
+    kube.fail_next("log", 403, times=1000, name="p")
+    kube.add_pod(NS, "p")
+    assert wait(lambda: not run.rec.healths[-1][0])
+    kube.delete(NS, "p")
+    assert wait(lambda: run.rec.healths[-1] == (True, ""))
+
+
 def test_slow_reads_split_lines_across_chunks(
     kube: FakeKube, run_source: Callable[..., Running]
 ) -> None:
