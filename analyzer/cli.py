@@ -17,7 +17,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from analyzer.correlate import CorrelationSettings
 from analyzer.decode import Decoded
 from analyzer.errors import InputError, WslogError
-from analyzer.inputs import InputSet, expand
+from analyzer.inputs import InputSet, expand_all
 from analyzer.options import log_formats
 from analyzer.pipeline import Analysis, AnalysisResult, Pipeline
 from analyzer.report import render_table, write_binary
@@ -102,7 +102,9 @@ def run(
     clock_skew: float,
 ) -> AnalysisResult:
     formats = log_formats(log_format)
-    inputs = InputSet(expand(paths), formats, strict=strict)
+    expansion = expand_all(paths)
+    _note_skipped(expansion.skipped)
+    inputs = InputSet(expansion.sources, formats, strict=strict)
     settings = CorrelationSettings(
         window=timedelta(seconds=window), clock_skew=timedelta(seconds=clock_skew)
     )
@@ -112,6 +114,15 @@ def run(
         analysis.add(pipeline.feed_decoded(chunk, inputs.low_watermark()))
     analysis.add(pipeline.flush())
     return analysis.result(include_all=include_all)
+
+
+def _note_skipped(skipped: list[Path]) -> None:
+    if skipped:
+        typer.echo(
+            f"note: skipped {len(skipped)} file(s) in directories that do not look like logs "
+            f"(e.g. {skipped[0]}); name a file explicitly to read it.",
+            err=True,
+        )
 
 
 def _with_progress(chunks: Iterable[Decoded]) -> Iterator[Decoded]:

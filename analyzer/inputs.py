@@ -13,6 +13,7 @@ import glob
 import gzip
 import heapq
 import io
+import re
 import sys
 import zlib
 from collections.abc import Iterator, Sequence
@@ -42,27 +43,45 @@ class InputSource:
     path: Path | None = None
 
 
+# In a directory, the files that look like logs: *.log, rotated *.log.N / *.log.<date>,
+# *.txt, *.gz, and names without a suffix. Files named on the command line are always read.
+LOG_NAME = re.compile(r"\.log(\.|$)|\.txt$|\.gz$|^[^.]+$")
+
+
+@dataclass(frozen=True)
+class Expansion:
+    sources: list[InputSource]
+    skipped: list[Path]  # files inside directories that do not look like logs
+
+
 def expand(args: Sequence[str]) -> list[InputSource]:
     """Files, directories (recursively, sorted), globs and ``-``, in the order given."""
+    return expand_all(args).sources
+
+
+def expand_all(args: Sequence[str]) -> Expansion:
+    """``expand``, also saying which files inside directories were left out."""
     out: list[InputSource] = []
+    skipped: list[Path] = []
     for arg in args:
-        out.extend(_expand_one(arg))
-    return list(dict.fromkeys(out))
+        out.extend(_expand_one(arg, skipped))
+    return Expansion(list(dict.fromkeys(out)), skipped)
 
 
-def _expand_one(arg: str) -> list[InputSource]:
+def _expand_one(arg: str, skipped: list[Path]) -> list[InputSource]:
     if arg == STDIN:
         return [InputSource(STDIN)]
     path = Path(arg)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return [InputSource(str(p), p) for p in files]
+        skipped.extend(p for p in files if not LOG_NAME.search(p.name))
+        return [InputSource(str(p), p) for p in files if LOG_NAME.search(p.name)]
     if path.exists():
         return [InputSource(arg, path)]
     if glob.has_magic(arg):
         matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
         if matches:
-            return [src for m in matches for src in _expand_one(str(m))]
+            return [src for m in matches for src in _expand_one(str(m), skipped)]
         raise InputError(
             f"{arg}: the pattern matches no file. Check it, and quote it for your shell."
         )

@@ -11,7 +11,7 @@ import pytest
 
 from analyzer.errors import InputError, MalformedEntryError
 from analyzer.formats import FormatKind, default_formats
-from analyzer.inputs import InputSet, InputSource, expand, load_log_format
+from analyzer.inputs import InputSet, InputSource, expand, expand_all, load_log_format
 from analyzer.vocab import LineResult
 
 FORMATS = default_formats()
@@ -100,3 +100,15 @@ def test_log_format_can_come_from_a_file(tmp_path: Path) -> None:
     assert load_log_format(f"@{tmp_path / 'fmt.json'}").kind is FormatKind.JSON
     with pytest.raises(InputError, match="cannot read"):
         load_log_format(f"@{tmp_path / 'missing'}")
+
+
+def test_directories_skip_files_that_do_not_look_like_logs(tmp_path: Path) -> None:
+    for name in ("0.log", "0.log.20240101-120000", "1.log.gz", "pod.txt", "istio-proxy"):
+        write(tmp_path / name, ["x"])
+    write(tmp_path / "client-result.json", ["{"])
+    expansion = expand_all([str(tmp_path)])
+    kept = sorted(Path(s.name).name for s in expansion.sources)
+    assert kept == ["0.log", "0.log.20240101-120000", "1.log.gz", "istio-proxy", "pod.txt"]
+    assert [p.name for p in expansion.skipped] == ["client-result.json"]
+    named = expand_all([str(tmp_path / "client-result.json")])
+    assert [Path(s.name).name for s in named.sources] == ["client-result.json"]
