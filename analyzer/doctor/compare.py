@@ -1,0 +1,163 @@
+"""Predicted beside observed: does the configuration explain what the access logs show?
+
+Observations are ``wslog analyze``'s connections. They are matched to a prediction by
+destination service and, when the client sidecar's cluster names it (``outbound|8080||host``),
+by port. Only the sidecar-to-sidecar hop is compared (the app-to-sidecar half is the client's
+choice), and the verdict: ``h2-connect-not-allowed`` observed means ``fail``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import polars as pl
+
+from analyzer.doctor.model import Verdict
+from analyzer.doctor.predict import Prediction
+from analyzer.vocab import Cause, Outcome, UpgradePath
+
+
+class Agreement(StrEnum):
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    NOT_OBSERVED = "not-observed"
+
+
+@dataclass(frozen=True)
+class Observation:
+    service: str
+    port: int | None
+    upgrade_path: UpgradePath
+    outcome: Outcome
+    cause: Cause
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the logs show for one service (and port)."""
+
+    service: str
+    port: int | None
+    connections: int
+    upgrade_paths: tuple[UpgradePath, ...]
+    verdict: Verdict
+    connect_failures: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "service": self.service,
+            "port": self.port,
+            "connections": self.connections,
+            "upgrade_paths": [p.value for p in self.upgrade_paths],
+            "verdict": self.verdict.value,
+            "h2_connect_not_allowed": self.connect_failures,
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    prediction: Prediction
+    observed: Observed | None
+    agreement: Agreement
+    disagreements: tuple[str, ...]
+
+
+def compare(
+    predictions: Sequence[Prediction], observations: Sequence[Observation]
+) -> tuple[list[Comparison], list[Observed]]:
+    """Each prediction with what was observed for it, and observed services nothing predicts."""
+    comparisons = [_compare_one(p, _matching(p, observations)) for p in predictions]
+    predicted = {p.service for p in predictions}
+    strays = [o for o in observations if o.service not in predicted]
+    keys = sorted({(o.service, o.port) for o in strays}, key=lambda k: (k[0], k[1] or 0))
+    unexplained = [
+        _summarise(service, port, [o for o in strays if (o.service, o.port) == (service, port)])
+        for service, port in keys
+    ]
+    return comparisons, unexplained
+
+
+def _matching(prediction: Prediction, observations: Iterable[Observation]) -> list[Observation]:
+    return [
+        o
+        for o in observations
+        if o.service == prediction.service and o.port in (None, prediction.port)
+    ]
+
+
+def _summarise(service: str, port: int | None, seen: Sequence[Observation]) -> Observed:
+    paths = tuple(
+        sorted({o.upgrade_path for o in seen if o.upgrade_path is not UpgradePath.UNKNOWN})
+    )
+    failures = sum(1 for o in seen if o.cause is Cause.H2_CONNECT_NOT_ALLOWED)
+    verdict = Verdict.FAIL if failures else Verdict.OK
+    return Observed(service, port, len(seen), paths, verdict, failures)
+
+
+def _compare_one(prediction: Prediction, seen: Sequence[Observation]) -> Comparison:
+    if not seen:
+        return Comparison(prediction, None, Agreement.NOT_OBSERVED, ())
+    observed = _summarise(prediction.service, prediction.port, seen)
+    problems = [
+        *_hop_disagreement(prediction, observed),
+        *_verdict_disagreement(prediction, observed),
+    ]
+    agreement = Agreement.DISAGREE if problems else Agreement.AGREE
+    return Comparison(prediction, observed, agreement, tuple(problems))
+
+
+def _hop(path: UpgradePath) -> str:
+    return path.value.split("-")[-1]
+
+
+def _hop_disagreement(prediction: Prediction, observed: Observed) -> list[str]:
+    wanted = _hop(prediction.upgrade_path)
+    other = [p for p in observed.upgrade_paths if _hop(p) != wanted]
+    if not other:
+        return []
+    shown = ", ".join(p.value for p in other)
+    return [f"predicted {prediction.upgrade_path}, observed {shown}"]
+
+
+def _verdict_disagreement(prediction: Prediction, observed: Observed) -> list[str]:
+    if prediction.verdict is observed.verdict:
+        return []
+    if prediction.verdict is Verdict.OK:
+        return [
+            f"predicted ok, observed {observed.connect_failures} connection(s) failing with "
+            f"{Cause.H2_CONNECT_NOT_ALLOWED}"
+        ]
+    return [
+        f"predicted {Cause.H2_CONNECT_NOT_ALLOWED}, observed {observed.connections} "
+        f"connection(s) without it"
+    ]
+
+
+# -- from wslog analyze's connections frame ---------------------------------------------------
+
+
+def observations(connections: pl.DataFrame) -> list[Observation]:
+    """``AnalysisResult.connections`` rows as observations."""
+    rows = connections.select(
+        "destination_service", "upgrade_path", "outcome", "cause", "client"
+    ).iter_rows(named=True)
+    return [
+        Observation(
+            service=str(row["destination_service"] or ""),
+            port=_port((row["client"] or {}).get("upstream_cluster")),
+            upgrade_path=UpgradePath(row["upgrade_path"]),
+            outcome=Outcome(row["outcome"]),
+            cause=Cause(row["cause"] or ""),
+        )
+        for row in rows
+    ]
+
+
+def _port(cluster: str | None) -> int | None:
+    """8080 from ``outbound|8080||websockets-server.default.svc.cluster.local``."""
+    parts = (cluster or "").split("|")
+    if len(parts) == 4 and parts[0] == "outbound" and parts[1].isdigit():
+        return int(parts[1])
+    return None

@@ -1,0 +1,190 @@
+"""The few Kubernetes and Istio objects the doctor needs, reduced to what decides the upgrade path.
+
+Parsing keeps only the fields Istio reads when it builds a client sidecar's cluster for a Service
+port (protocol, DestinationRule connection-pool settings) and the server sidecar's inbound
+connection manager (EnvoyFilter patches that set ``allow_connect``). Everything is frozen; label
+maps are plain dicts that are never mutated after parsing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+DEFAULT_ROOT_NAMESPACE = "istio-system"
+DEFAULT_DOMAIN = "cluster.local"
+DEFAULT_NAMESPACE = "default"
+
+Labels = Mapping[str, str]
+
+
+class Verdict(StrEnum):
+    OK = "ok"
+    FAIL = "fail"
+
+
+class Hop(StrEnum):
+    """The sidecar-to-sidecar protocol."""
+
+    H1 = "h1"
+    H2 = "h2"
+
+
+class H2UpgradePolicy(StrEnum):
+    DEFAULT = "DEFAULT"
+    DO_NOT_UPGRADE = "DO_NOT_UPGRADE"
+    UPGRADE = "UPGRADE"
+
+
+class Protocol(StrEnum):
+    """Istio's protocol of a Service port (``protocol.Instance``)."""
+
+    HTTP = "HTTP"
+    HTTP2 = "HTTP2"
+    HTTP_PROXY = "HTTP_PROXY"
+    GRPC = "GRPC"
+    GRPC_WEB = "GRPC-Web"
+    HTTPS = "HTTPS"
+    TCP = "TCP"
+    TLS = "TLS"
+    UDP = "UDP"
+    MONGO = "Mongo"
+    MYSQL = "MySQL"
+    REDIS = "Redis"
+    UNSUPPORTED = "UnsupportedProtocol"
+
+    @property
+    def is_http2(self) -> bool:
+        return self in (Protocol.HTTP2, Protocol.GRPC, Protocol.GRPC_WEB)
+
+    @property
+    def is_http(self) -> bool:
+        return self.is_http2 or self in (Protocol.HTTP, Protocol.HTTP_PROXY)
+
+
+class Decider(StrEnum):
+    """What decided the hop; the remedy depends on it."""
+
+    USE_CLIENT_PROTOCOL = "useClientProtocol"
+    PORT_PROTOCOL = "port protocol"
+    DESTINATION_RULE = "DestinationRule"
+    SNIFFED = "protocol sniffing"
+    MESH = "mesh config"
+
+
+class PatchContext(StrEnum):
+    ANY = "ANY"
+    SIDECAR_INBOUND = "SIDECAR_INBOUND"
+    SIDECAR_OUTBOUND = "SIDECAR_OUTBOUND"
+    GATEWAY = "GATEWAY"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    name: str = ""
+    target_port: str = ""  # a number or a container port name, as written
+    app_protocol: str | None = None
+    transport: str = "TCP"  # spec.ports[].protocol: TCP, UDP, SCTP
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    ports: tuple[ServicePort, ...]
+    selector: Labels = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Pods of a Deployment (StatefulSet, DaemonSet ...) or a bare Pod: their labels."""
+
+    kind: str
+    name: str
+    namespace: str
+    labels: Labels
+    container_ports: Mapping[str, int] = field(default_factory=dict)  # name -> number
+
+
+@dataclass(frozen=True)
+class HttpPool:
+    """``connectionPool.http`` of a DestinationRule, port-level or rule-level."""
+
+    h2_upgrade_policy: H2UpgradePolicy = H2UpgradePolicy.DEFAULT
+    use_client_protocol: bool = False
+
+
+@dataclass(frozen=True)
+class PortPolicy:
+    """One ``portLevelSettings`` entry: its ``connectionPool.http``, if any."""
+
+    port: int
+    http: HttpPool | None
+
+
+@dataclass(frozen=True)
+class DestinationRule:
+    name: str
+    namespace: str
+    host: str  # as written
+    export_to: tuple[str, ...] = ()
+    http: HttpPool | None = None  # trafficPolicy.connectionPool.http
+    has_traffic_policy: bool = False
+    port_policies: tuple[PortPolicy, ...] = ()
+    workload_selector: Labels | None = None
+    created: str = ""
+    spec: Mapping[str, Any] = field(default_factory=dict)  # kept for remedies
+
+    @property
+    def ref(self) -> str:
+        return f"DestinationRule {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ConnectPatch:
+    """A configPatch that merges ``allow_connect`` into an HTTP connection manager."""
+
+    index: int
+    context: PatchContext
+    allow_connect: bool
+    proxy_version: str | None = None
+    port_number: int | None = None
+
+
+@dataclass(frozen=True)
+class EnvoyFilter:
+    name: str
+    namespace: str
+    patches: tuple[ConnectPatch, ...]
+    workload_selector: Labels | None = None
+    priority: int = 0
+    created: str = ""
+
+    @property
+    def ref(self) -> str:
+        return f"EnvoyFilter {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    h2_upgrade_policy: H2UpgradePolicy = H2UpgradePolicy.DO_NOT_UPGRADE
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    default_dr_export_to: tuple[str, ...] = ("*",)
+    source: str = ""  # where the mesh config came from; empty: Istio's defaults
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything read from files or a cluster, and what could not be understood."""
+
+    services: tuple[Service, ...] = ()
+    workloads: tuple[Workload, ...] = ()
+    destination_rules: tuple[DestinationRule, ...] = ()
+    envoy_filters: tuple[EnvoyFilter, ...] = ()
+    mesh: MeshSettings = MeshSettings()
+    istio_version: str | None = None
+    version_source: str = ""
+    problems: tuple[str, ...] = ()

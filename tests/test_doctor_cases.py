@@ -1,0 +1,93 @@
+"""Table-driven cases for ``wslog doctor``'s prediction, one Istio rule per file.
+
+Each ``tests/doctor_cases/*.yaml`` holds the rule it pins (``rule``), the manifests
+(``objects``, plus ``include`` of ``base/*.yaml``), optional ``settings`` (``client_namespace``,
+``istio_version``) and the expected rows: every field of the JSON contract that is given must be
+equal; ``evidence``/``remedy`` list substrings that must appear, ``remedy_absent`` ones that must
+not; ``only: true`` means no other row may be predicted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from analyzer.doctor import DoctorSettings, Prediction, inventory_from_manifests, predict
+from analyzer.doctor.load import parse_documents
+
+CASES = Path(__file__).parent / "doctor_cases"
+CASE_FILES = sorted(CASES.glob("*.yaml"))
+EXACT = ("upgrade_path", "verdict", "cause")
+
+
+def _load_case(path: Path) -> dict[str, Any]:
+    case: dict[str, Any] = yaml.safe_load(path.read_text())
+    return case
+
+
+def _predict(case: dict[str, Any]) -> list[Prediction]:
+    docs: list[Any] = []
+    for name in case.get("include", []):
+        docs.extend(parse_documents((CASES / "base" / f"{name}.yaml").read_text(), name))
+    docs.extend(case.get("objects", []))
+    inventory = inventory_from_manifests(docs)
+    assert inventory.problems == ()
+    settings = case.get("settings", {})
+    if "istio_version" in settings:
+        inventory = replace(
+            inventory, istio_version=settings["istio_version"], version_source="--istio-version"
+        )
+    return predict(inventory, DoctorSettings(client_namespace=settings.get("client_namespace")))
+
+
+def test_there_is_a_case_for_every_rule_of_the_issue() -> None:
+    names = {p.stem for p in CASE_FILES}
+    for prefix in (
+        "dr-",
+        "port-level",
+        "port-name-http2",
+        "app-protocol",
+        "mesh-upgrade",
+        "envoyfilter-root",
+        "envoyfilter-other-app",
+        "envoyfilter-wrong-context",
+        "envoyfilter-proxy-version-mismatch",
+        "list-dump",
+    ):
+        assert any(n.startswith(prefix) for n in names), prefix
+
+
+@pytest.mark.parametrize("path", CASE_FILES, ids=[p.stem for p in CASE_FILES])
+def test_case(path: Path) -> None:
+    case = _load_case(path)
+    assert case.get("rule"), "every case says which rule it pins"
+    rows = {(p.service, p.port): p for p in _predict(case)}
+    for want in case["expect"]:
+        got = rows.get((want["service"], want["port"]))
+        assert got is not None, f"no prediction for {want['service']}:{want['port']}: {list(rows)}"
+        _check_row(want, got)
+    if case.get("only"):
+        assert set(rows) == {(w["service"], w["port"]) for w in case["expect"]}
+
+
+def _check_row(want: dict[str, Any], got: Prediction) -> None:
+    doc = got.to_json()
+    for key in EXACT:
+        if key in want:
+            assert doc[key] == want[key], f"{key}: {doc}"
+    evidence = str(doc["evidence"])
+    for text in want.get("evidence", []):
+        assert text in evidence, f"{text!r} not in evidence: {evidence}"
+    for text in want.get("remedy", []):
+        assert text in got.remedy, f"{text!r} not in remedy:\n{got.remedy}"
+    for text in want.get("remedy_absent", []):
+        assert text not in got.remedy, f"{text!r} in remedy:\n{got.remedy}"
+    if want.get("remedy_is_empty"):
+        assert got.remedy == ""
+    assert (got.remedy == "") == (doc["verdict"] == "ok"), "a remedy exactly when it fails"
+    if got.remedy:
+        assert all(d for d in yaml.safe_load_all(got.remedy)), "the remedy is YAML"
