@@ -7,6 +7,7 @@ import typer
 from analyzer.cli import analyze
 from analyzer.lab.cli import app as lab_app
 from exporter.cli import exporter, tail
+from exporter.doctor_cli import doctor
 
 app = typer.Typer(
     name="wslog",
@@ -38,6 +39,7 @@ app.command()(analyze)
 app.add_typer(lab_app, name="lab")
 app.command()(exporter)
 app.command()(tail)
+app.command()(doctor)
 
 
 def main() -> None:
