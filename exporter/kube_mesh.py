@@ -78,6 +78,7 @@ class _Reader:
         self.apps: Any = client.AppsV1Api(api_client)
         self.custom: Any = client.CustomObjectsApi(api_client)
         self.settings = settings
+        self.served: dict[str, str] = {}  # plural -> the Istio API version the server serves
 
     def manifests(self) -> Iterator[dict[str, Any]]:
         s = self.settings
@@ -107,20 +108,23 @@ class _Reader:
         yield from _items(body, kind)
 
     def _istio(self, plural: str, kind: str, namespace: str | None) -> Iterator[dict[str, Any]]:
-        for version in ISTIO_VERSIONS:
+        """The first served version (remembered, so later namespaces do not probe again)."""
+        known = self.served.get(plural)
+        for version in (known,) if known else ISTIO_VERSIONS:
             try:
-                if namespace is None:
-                    call = self.custom.list_cluster_custom_object
-                    body = self._call(call, kind, ISTIO_GROUP, version, plural, raise_404=True)
-                else:
-                    call = self.custom.list_namespaced_custom_object
-                    body = self._call(
-                        call, kind, ISTIO_GROUP, version, namespace, plural, raise_404=True
-                    )
+                body = self._list_custom(kind, version, plural, namespace)
             except _NotServed:
                 continue
+            self.served[plural] = version
             yield from _items(body, kind)
             return
+
+    def _list_custom(self, kind: str, version: str, plural: str, namespace: str | None) -> Any:
+        if namespace is None:
+            call = self.custom.list_cluster_custom_object
+            return self._call(call, kind, ISTIO_GROUP, version, plural, raise_404=True)
+        call = self.custom.list_namespaced_custom_object
+        return self._call(call, kind, ISTIO_GROUP, version, namespace, plural, raise_404=True)
 
     def _mesh_config(self) -> Iterator[dict[str, Any]]:
         call = self.core.read_namespaced_config_map
