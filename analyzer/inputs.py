@@ -28,7 +28,8 @@ from analyzer.decode import Decoded, decode_framed
 from analyzer.errors import FormatError, InputError, MalformedEntryError
 from analyzer.formats import Format, FormatSet, parse_log_format
 from analyzer.framing import Deframer, Framed, Framing
-from analyzer.vocab import LineResult
+from analyzer.schema import REJECT_SCHEMA
+from analyzer.vocab import LineResult, RejectReason
 
 STDIN = "-"
 BLOCK_BYTES = 8 << 20
@@ -177,12 +178,34 @@ class SourceReader:
         if self._done:
             return None
         blocks, deframer = self._open()
-        block = next(blocks, None)
+        try:
+            block = next(blocks, None)
+        except InputError as exc:
+            return self._cut_short(deframer, exc)
         if block is None:
             self._done = True
             self._close()
             return self._account(deframer.flush())
         return self._account(deframer.feed_bytes(block))
+
+    def _cut_short(self, deframer: Deframer, exc: InputError) -> Decoded:
+        """The stream broke (a truncated gzip, a read error): keep every line read so far and
+        count the unreadable rest as one malformed line that says why."""
+        self._done = True
+        self._close()
+        flushed = deframer.flush()
+        line_no = deframer.lines_seen + 1
+        rest = pl.DataFrame(
+            {
+                "source": [self.source.name],
+                "line_no": [line_no],
+                "reason": [RejectReason.TRUNCATED.value],
+                "detail": [str(exc)[:200]],
+                "excerpt": [""],
+            },
+            schema=REJECT_SCHEMA,
+        )
+        return self._account(Framed(flushed.lines, pl.concat([flushed.rejects, rest])))
 
     def _open(self) -> tuple[Iterator[bytes], Deframer]:
         if self._blocks is None or self._deframer is None:

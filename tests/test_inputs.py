@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from analyzer.errors import InputError, MalformedEntryError
@@ -54,11 +55,21 @@ def test_gzip_is_recognised_by_its_magic_bytes_whatever_the_name(tmp_path: Path)
     assert sum(chunk.entries.height for chunk in inputs) == 1
 
 
-def test_corrupt_gzip_is_an_input_error(tmp_path: Path) -> None:
-    data = gzip.compress(bytes(range(256)) * 64)
+def test_a_truncated_gzip_keeps_what_was_read_and_counts_the_rest_malformed(
+    tmp_path: Path,
+) -> None:
+    lines = [entry(i, 5, f"r{i}") for i in range(200)]
+    data = gzip.compress("".join(line + "\n" for line in lines).encode())
     (tmp_path / "bad.gz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="gzip"):
-        list(InputSet(expand([str(tmp_path)]), FORMATS))
+    write(tmp_path / "good.log", [entry(1, 5, "other")])
+    inputs = InputSet(expand([str(tmp_path)]), FORMATS, block_bytes=64)
+    chunks = list(inputs)
+    rejects = pl.concat([c.rejects for c in chunks])
+    assert rejects.filter(pl.col("detail").str.contains("gzip")).height == 1
+    accounting = inputs.accounting()
+    assert accounting[str(tmp_path / "bad.gz")][LineResult.MALFORMED] >= 1
+    assert 0 < accounting[str(tmp_path / "bad.gz")][LineResult.ENTRY] < 200
+    assert accounting[str(tmp_path / "good.log")][LineResult.ENTRY] == 1
 
 
 def test_stdin_is_read_when_given_as_dash() -> None:
