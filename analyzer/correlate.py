@@ -71,7 +71,7 @@ class Correlator:
     _pending: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
     _watermark: datetime | None = None
     _next_uid: int = 0
-    _source_sides: dict[str, str] = field(default_factory=dict)
+    _source_sides: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -123,15 +123,21 @@ class Correlator:
         known = (
             frame.filter(pl.col("side").is_not_null())
             .group_by("source")
-            .agg(pl.col("side").mode().first())
+            .agg(pl.col("side").unique())
         )
-        for source, side in known.iter_rows():
-            self._source_sides.setdefault(source, side)
+        for source, sides in known.iter_rows():
+            self._source_sides.setdefault(source, set()).update(sides)
 
     def _fill_sides(self, frame: pl.DataFrame) -> pl.DataFrame:
-        if not self._source_sides:
+        """An entry without a cluster takes its source's side, when that source (one pod's log)
+        has shown only one side. In a file holding both sides it stays unknown until an address
+        partner says it is a server's."""
+        single = {
+            src: next(iter(sides)) for src, sides in self._source_sides.items() if len(sides) == 1
+        }
+        if not single:
             return frame
-        by_source = pl.col("source").replace_strict(self._source_sides, default=None)
+        by_source = pl.col("source").replace_strict(single, default=None)
         side = pl.coalesce(pl.col("side"), by_source)
         return frame.with_columns(side=side).with_columns(role=role_of(pl.col("side")))
 
