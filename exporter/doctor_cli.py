@@ -108,7 +108,7 @@ def _inventory(
 ) -> Inventory:
     if paths:
         return load_paths(paths, kustomize=kubectl_kustomize)
-    from exporter.kube_mesh import MeshReadSettings, read_cluster
+    from exporter.kube.mesh import MeshReadSettings, read_cluster
 
     settings = MeshReadSettings(kubeconfig, context, tuple(namespaces), root)
     return read_cluster(settings)

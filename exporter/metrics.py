@@ -199,6 +199,11 @@ class Metrics:
         self.newest_entry.labels(**labels).set(timestamp_s)
 
 
+def new_registry() -> CollectorRegistry:
+    """A registry of the exporter's own: no process or platform collectors, no globals."""
+    return CollectorRegistry()
+
+
 def _label(value: object) -> str:
     if value is None:
         return UNKNOWN

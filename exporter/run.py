@@ -9,14 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
-from prometheus_client import CollectorRegistry
 
 from analyzer.correlate import CorrelationSettings
 from analyzer.formats import FormatSet
 from analyzer.pipeline import Pipeline, Step
 from exporter.health import Health
 from exporter.live import LiveAnalyzer
-from exporter.metrics import Metrics, record_step
+from exporter.metrics import Metrics, new_registry, record_step
 from exporter.server import serve
 from exporter.settings import ExporterSettings, PipelineSettings
 from exporter.sources import Source, SourceEvents
@@ -84,7 +83,7 @@ def run_exporter(
     stop: threading.Event,
     on_listen: Callable[[int], None] = lambda port: None,
 ) -> None:
-    registry = CollectorRegistry()
+    registry = new_registry()
     metrics = Metrics(registry, max_series=settings.max_series)
     metrics.build.info({"version": _version()})
     health = Health(metrics)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from exporter.kube_mesh import MeshReadSettings, read_cluster
+from exporter.kube.mesh import MeshReadSettings, read_cluster
 from tests.fake_k8s_mesh import FakeMeshKube
 from wslog.cli import app
 

@@ -1,6 +1,6 @@
 """Manifests (plain dicts, from YAML files or the API server) into the doctor's model.
 
-Both edges, ``load`` (files) and ``exporter.kube_mesh`` (a cluster), hand their documents here,
+Both edges, ``load`` (files) and ``exporter.kube.mesh`` (a cluster), hand their documents here,
 so the prediction never knows where configuration came from. Documents that are not understood
 become problems (data), never exceptions.
 """

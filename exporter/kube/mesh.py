@@ -6,7 +6,7 @@ ConfigMap of the root namespace (the mesh config) and istiod's Deployment there 
 Lists are read raw (``_preload_content=False``) so the documents are exactly what ``kubectl get
 -o yaml`` shows, and go through the same ``parse`` as files do.
 
-To be folded into the ``exporter.kube`` package, the one place that talks to Kubernetes.
+Part of the ``exporter.kube`` package, the one place that talks to Kubernetes.
 """
 
 from __future__ import annotations

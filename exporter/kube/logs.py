@@ -1,6 +1,7 @@
 """The kubernetes source: discover istio-proxy containers and follow their logs, losing nothing.
 
-This is the only module that imports ``kubernetes``. It respects DESIGN.md section 5:
+The ``exporter.kube`` package is the only place that imports ``kubernetes``. It respects
+DESIGN.md section 5:
 
 - Discovery is list + watch from the list's resourceVersion; a 410 (expired) relists and
   reconciles, so pods created or deleted during the gap are neither missed nor leaked.
@@ -17,16 +18,13 @@ This is the only module that imports ``kubernetes``. It respects DESIGN.md secti
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import random
-import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,6 +33,7 @@ from kubernetes import client, watch
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
+from exporter.kube.resume import NS, Cursor, Resume, parse_timestamp, since_time
 from exporter.sources import (
     TIMESTAMPS,
     KubeSettings,
@@ -46,10 +45,9 @@ from exporter.sources import (
     split_lines,
 )
 
-__all__ = ["Cursor", "KubeSource", "LogStream", "Resume", "parse_timestamp"]
+__all__ = ["Cursor", "KubeSource", "LogStream", "Resume", "parse_timestamp", "since_time"]
 
 KIND = "kubernetes"
-NS = 1_000_000_000
 RBAC_FIX = (
     "grant the exporter's service account get/list/watch on pods and get on pods/log "
     '(ClusterRole rules: apiGroups [""], resources ["pods"], verbs ["get","list","watch"]; '
@@ -59,74 +57,6 @@ log = logging.getLogger(__name__)
 # The client's config loaders and Watch are untyped; call them through Any.
 config: Any = kube_config
 new_watch: Any = watch.Watch
-
-_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
-
-
-# -- resuming exactly ------------------------------------------------------------------------
-
-
-def parse_timestamp(line: str) -> int | None:
-    """The kubelet's RFC3339Nano prefix of ``line`` in nanoseconds since the epoch, or None."""
-    match = _STAMP.match(line[: line.find(" ")])
-    if match is None:
-        return None
-    base, fraction, zone = match.groups()
-    return _epoch_seconds(base, zone) * NS + int((fraction or "").ljust(9, "0"))
-
-
-@functools.lru_cache(maxsize=256)
-def _epoch_seconds(base: str, zone: str) -> int:
-    offset = "+00:00" if zone == "Z" else zone
-    return int(datetime.fromisoformat(base + offset).timestamp())
-
-
-def since_time(ts_ns: int) -> str:
-    """``sinceTime`` for a timestamp: RFC 3339, truncated to the second as the API reads it."""
-    return datetime.fromtimestamp(ts_ns // NS, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Newest timestamp delivered, and how many delivered lines carry exactly that timestamp.
-    ``count == 0`` means "start at ``ts_ns`` inclusive"."""
-
-    ts_ns: int
-    count: int = 0
-
-
-class Resume:
-    """Filters one connection's lines: drops the overlap an earlier connection delivered."""
-
-    def __init__(self, cursor: Cursor | None) -> None:
-        self.cursor = cursor
-        self._skipping = cursor is not None
-        self._equal_left = cursor.count if cursor is not None else 0
-
-    def admit(self, lines: list[str]) -> list[str]:
-        return [line for line in lines if self._admit(line)]
-
-    def _admit(self, line: str) -> bool:
-        ts = parse_timestamp(line)
-        if ts is None:
-            return True
-        if self._skipping and self.cursor is not None:
-            if ts < self.cursor.ts_ns:
-                return False
-            if ts == self.cursor.ts_ns and self._equal_left > 0:
-                self._equal_left -= 1
-                return False
-            self._skipping = False
-        self._advance(ts)
-        return True
-
-    def _advance(self, ts: int) -> None:
-        cursor = self.cursor
-        if cursor is None or ts > cursor.ts_ns:
-            self.cursor = Cursor(ts, 1)
-        elif ts == cursor.ts_ns:
-            self.cursor = Cursor(ts, cursor.count + 1)
-
 
 # -- small helpers ---------------------------------------------------------------------------
 
