@@ -34,9 +34,12 @@ MIX = {
     "long-lived-typed": 2,
 }
 NOISE = [
-    "2026-11-25T10:00:00.000000Z\tinfo\txdsproxy\tconnected to upstream XDS server: istiod.istio-system.svc:15012",
-    "2026-11-25T10:00:00.000000Z\twarning\tenvoy config\tgRPC config stream to xds-grpc closed since 1800s ago: 13, ",
-    "[2026-11-25 10:00:00.000][22][info][upstream] [source/common/upstream/cds_api_helper.cc:32] cds: add 12 cluster(s), remove 0 cluster(s)",
+    "2026-11-25T10:00:00.000000Z\tinfo\txdsproxy\tconnected to upstream XDS server: "
+    "istiod.istio-system.svc:15012",
+    "2026-11-25T10:00:00.000000Z\twarning\tenvoy config\tgRPC config stream to xds-grpc "
+    "closed since 1800s ago: 13, ",
+    "[2026-11-25 10:00:00.000][22][info][upstream] "
+    "[source/common/upstream/cds_api_helper.cc:32] cds: add 12 cluster(s), remove 0 cluster(s)",
     "2026-11-25T10:00:00.000000Z\tinfo\tcache\tgenerated new workload certificate",
 ]
 ADDRESS_KEYS = ("downstream_remote_address", "upstream_local_address")
@@ -58,24 +61,23 @@ def _base_time(entries: list[dict[str, object]]) -> datetime:
 
 
 def replicate(
-    entry: dict[str, object], base: datetime, at: datetime, n: int, ids: dict[str, str]
+    entry: dict[str, object], base: datetime, at: datetime, n: int, fresh: dict[str, str]
 ) -> dict[str, object]:
+    """A copy of ``entry`` moved to ``at``; ids and ephemeral ports renamed consistently for
+    connection ``n`` (``fresh`` maps old to new values across both sides of the connection)."""
     copy = dict(entry)
     start = datetime.fromisoformat(str(entry["start_time"]))
-    copy["start_time"] = (at + (start - base)).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    moved = at + (start - base)
+    copy["start_time"] = moved.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     rid = entry.get("request_id")
     if isinstance(rid, str):
-        copy["request_id"] = ids.setdefault(rid, f"{n:08x}-{len(ids):04x}-4000-8000-{n:012x}")
-    port = 10000 + n % 50000
+        copy["request_id"] = fresh.setdefault(rid, f"{n:08x}-{len(fresh):04x}-4000-8000-{n:012x}")
     for key in ADDRESS_KEYS:
         value = entry.get(key)
-        if isinstance(value, str) and value.endswith(tuple("0123456789")):
+        if isinstance(value, str) and ":" in value:
             host = value.rsplit(":", 1)[0]
-            if key == "downstream_remote_address" and entry.get("upstream_cluster") != "inbound|80||" and entry.get("method") is not None and "outbound" in str(entry.get("upstream_cluster")):
-                continue
-            copy[key] = f"{host}:{port}"
+            port = 10000 + (n * 7 + len(fresh)) % 50000
+            copy[key] = fresh.setdefault(value, f"{host}:{port}")
     return copy
 
 

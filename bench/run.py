@@ -92,7 +92,7 @@ def main() -> None:
             )
         results["wslog analyze"] = _best(
             results.get("wslog analyze"),
-            measure("wslog", [*WSLOG, "analyze", str(data), "-f", "json", "-o", os.devnull]),
+            measure("wslog", [*WSLOG, "analyze", str(data)]),
         )
     floor_wall = results["polars floor"][0]
     print(f"{'run':<15} {'wall s':>8} {'x floor':>8} {'peak MiB':>9}")
