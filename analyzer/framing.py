@@ -189,7 +189,8 @@ class Deframer:
     def _timestamped(self, good: pl.DataFrame) -> pl.DataFrame:
         source = pl.lit(self.source)
         if self.framing is Framing.KUBECTL_PREFIX:
-            source = pl.concat_str(pl.col("pod"), pl.lit("/"), pl.col("container"))
+            # kubectl's own name for the stream; it carries no namespace
+            source = pl.concat_str(pl.lit("pod/"), pl.col("pod"), pl.lit("/"), pl.col("container"))
         out = good.with_columns(
             source=source,
             log_time=_parse_ts(pl.col("ts")),

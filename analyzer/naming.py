@@ -30,17 +30,21 @@ def service_namespace(service: pl.Expr) -> pl.Expr:
     return service.str.extract(r"^[^.]+\.([^.]+)\.svc(\.|$)", 1)
 
 
+_NS_POD = r"^([a-z0-9-]+)/([a-z0-9.-]+)(/[a-z0-9-]+)?$"  # exporter: ns/pod[/container]
+_KUBECTL_PREFIX = r"^pod/([a-z0-9.-]+)/[a-z0-9-]+$"  # kubectl logs --prefix: no namespace
+
+
 def source_namespace(source: pl.Expr) -> pl.Expr:
-    """``ns/pod[/container]`` (kubectl --prefix, exporter) or a /var/log/pods path -> ns."""
+    """``ns/pod[/container]`` (the exporter) or a /var/log/pods path -> ns."""
     from_dir = source.str.extract(_POD_DIR, 1)
-    from_name = source.str.extract(r"^([a-z0-9-]+)/[a-z0-9.-]+(/[a-z0-9-]+)?$", 1)
-    return pl.coalesce(from_dir, from_name)
+    named = pl.when(~source.str.contains(_KUBECTL_PREFIX)).then(source.str.extract(_NS_POD, 1))
+    return pl.coalesce(from_dir, named)
 
 
 def source_pod(source: pl.Expr) -> pl.Expr:
     from_dir = source.str.extract(_POD_DIR, 2)
-    from_name = source.str.extract(r"^[a-z0-9-]+/([a-z0-9.-]+)(/[a-z0-9-]+)?$", 1)
-    return pl.coalesce(from_dir, from_name)
+    from_prefix = source.str.extract(_KUBECTL_PREFIX, 1)
+    return pl.coalesce(from_dir, from_prefix, source.str.extract(_NS_POD, 2))
 
 
 def source_workload(source: pl.Expr) -> pl.Expr:

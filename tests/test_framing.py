@@ -56,7 +56,7 @@ def test_kubectl_timestamps_go_to_log_time() -> None:
 def test_kubectl_prefix_names_the_pod_as_source() -> None:
     data = f"[pod/a-1/istio-proxy] {ENTRY}\n[pod/b-2/istio-proxy] {TS} {ENTRY}\n".encode()
     framed = run([data])
-    assert framed.lines["source"].to_list() == ["a-1/istio-proxy", "b-2/istio-proxy"]
+    assert framed.lines["source"].to_list() == ["pod/a-1/istio-proxy", "pod/b-2/istio-proxy"]
     assert framed.lines["log_time"].to_list()[0] is None
     assert texts(framed) == [ENTRY, ENTRY]
 
