@@ -151,9 +151,12 @@ def render_table(result: AnalysisResult, console: Console, *, connections: bool 
 def summary_table(rows: pl.DataFrame) -> Table:
     """Render ``summary()`` rows."""
     table = Table(title="WebSocket connections", title_justify="left")
-    for name in ("destination service", "upgrade path", "outcome", "cause", "connections"):
-        table.add_column(name, justify="right" if name == "connections" else "left")
-    table.add_column("paired / client-only / server-only")
+    table.add_column("destination service", overflow="fold", min_width=18)
+    table.add_column("upgrade", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("cause", overflow="fold", min_width=12)
+    table.add_column("conns", justify="right", no_wrap=True)
+    table.add_column("paired/client/server", overflow="fold", min_width=9)
     for row in rows.iter_rows(named=True):
         style = OUTCOME_STYLE.get(row["outcome"], "")
         table.add_row(
