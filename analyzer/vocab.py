@@ -24,6 +24,13 @@ class UpgradePath(StrEnum):
     UNKNOWN = "unknown"
 
 
+class Hop(StrEnum):
+    """The protocol of one hop: the halves of an ``UpgradePath``."""
+
+    H1 = "h1"
+    H2 = "h2"
+
+
 class Outcome(StrEnum):
     UPGRADED = "upgraded"
     REJECTED = "rejected"

@@ -187,8 +187,7 @@ def exporter(
             pair_window, clock_skew, max_pending, batch_interval, log_format
         )
         kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
-        src = _source(source, path or [], from_start, once, kube)
-        formats = log_formats(log_format)
+        src, formats = _source(source, path or [], from_start, once, kube), log_formats(log_format)
     from exporter.run import run_exporter
 
     settings = ExporterSettings(source, listen_at, series, pipeline)
@@ -233,8 +232,7 @@ def tail(
             pair_window, clock_skew, max_pending, batch_interval, log_format
         )
         kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
-        src = _source(source, path or [], from_start, once, kube)
-        formats = log_formats(log_format)
+        src, formats = _source(source, path or [], from_start, once, kube), log_formats(log_format)
         unknown = set(outcome or []) - {o.value for o in Outcome}
         if unknown:
             raise SettingsError(f"--outcome {', '.join(sorted(unknown))}: not an outcome")

@@ -21,7 +21,8 @@ from analyzer.lab.envoy_config import (
     server_bootstrap,
     server_hcm_http2_options,
 )
-from analyzer.lab.scenarios import BY_NAME, Hop, LogFormat, Scenario
+from analyzer.lab.scenarios import BY_NAME, LogFormat, Scenario
+from analyzer.vocab import Hop
 from tests.deploy.manifests import DEPLOY, ROOT, find, render
 
 Obj = dict[str, Any]

@@ -25,13 +25,6 @@ class Verdict(StrEnum):
     FAIL = "fail"
 
 
-class Hop(StrEnum):
-    """The sidecar-to-sidecar protocol."""
-
-    H1 = "h1"
-    H2 = "h2"
-
-
 class H2UpgradePolicy(StrEnum):
     DEFAULT = "DEFAULT"
     DO_NOT_UPGRADE = "DO_NOT_UPGRADE"

@@ -27,7 +27,6 @@ from analyzer.doctor.model import (
     Decider,
     DestinationRule,
     H2UpgradePolicy,
-    Hop,
     HttpPool,
     Inventory,
     Protocol,
@@ -37,7 +36,7 @@ from analyzer.doctor.model import (
     Workload,
 )
 from analyzer.doctor.remedy import Fix, remedy
-from analyzer.vocab import Cause, UpgradePath
+from analyzer.vocab import Cause, Hop, UpgradePath
 
 FIRST_CONNECT_VERSION = (1, 12)
 CONTROLLER_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")

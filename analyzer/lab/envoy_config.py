@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from analyzer.istio_formats import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT, WSLOG_EXTRA_FIELDS
-from analyzer.lab.scenarios import Hop, LogFormat, Scenario
+from analyzer.lab.scenarios import LogFormat, Scenario
+from analyzer.vocab import Hop
 
 Config = dict[str, Any]
 

@@ -10,12 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-
-class Hop(StrEnum):
-    """The sidecar-to-sidecar protocol (DestinationRule ``h2UpgradePolicy``)."""
-
-    H1 = "h1"
-    H2 = "h2"
+from analyzer.vocab import Hop
 
 
 class AppMode(StrEnum):
