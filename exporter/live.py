@@ -55,13 +55,6 @@ class LiveAnalyzer:
             self._last_input = self.clock()
             self._idle_released = False
 
-    def end_source(self, source: str) -> None:
-        """A source ended (stdin closed, replay done): its partial line becomes a line."""
-        with self._lock:
-            deframer = self._deframers.pop(source, None)
-            if deframer is not None:
-                self._buffer.append(deframer.flush())
-
     def tick(self) -> Step | None:
         """Run one micro-batch; returns what it produced (None when there was nothing to do)."""
         with self._lock:
