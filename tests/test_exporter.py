@@ -206,12 +206,15 @@ def _start_cli(*args: str) -> subprocess.Popen[bytes]:
 
 def _port_from_logs(proc: subprocess.Popen[bytes]) -> int:
     assert proc.stderr is not None
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line:
             break
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # e.g. a Python warning: the exporter's own log lines are JSON
         if "port" in record:
             return int(record["port"])
     proc.kill()
