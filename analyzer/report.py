@@ -115,18 +115,19 @@ def flat(connections: pl.DataFrame) -> pl.DataFrame:
     return connections.select(pl.exclude("client", "server"), *prefixed)
 
 
+WRITERS: dict[str, Callable[[AnalysisResult], bytes]] = {
+    "json": to_json,
+    "ndjson": to_ndjson,
+    "csv": lambda result: flat(result.connections).write_csv().encode(),
+}
+
+
 def write_binary(result: AnalysisResult, fmt: str, out: Path | IO[bytes]) -> None:
     """Write ``json``, ``ndjson``, ``csv`` or ``parquet`` to a path or a binary stream."""
-    writers: dict[str, Callable[[], bytes | None]] = {
-        "json": lambda: to_json(result),
-        "ndjson": lambda: to_ndjson(result),
-        "csv": lambda: flat(result.connections).write_csv().encode(),
-    }
     if fmt == "parquet":
         flat(result.connections).write_parquet(out)
         return
-    payload = writers[fmt]()
-    assert payload is not None
+    payload = WRITERS[fmt](result)
     if isinstance(out, Path):
         out.write_bytes(payload)
     else:

@@ -30,24 +30,27 @@ from exporter.sources import FileSettings
 from tests.conftest import ROOT, TESTDATA
 
 DEADLINE_S = 60
+Samples = dict[
+    str, list[tuple[dict[str, str], float]]
+]  # metric sample name -> (labels, value) pairs
 
 
-def scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+def scrape(port: int) -> Samples:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    out: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return out
 
 
-def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+def total(samples: Samples, name: str) -> float:
     return sum(value for _, value in samples.get(name, []))
 
 
 def counted_connections(
-    samples: dict[str, list[tuple[dict[str, str], float]]],
+    samples: Samples,
 ) -> Counter[tuple[str, ...]]:
     counts: Counter[tuple[str, ...]] = Counter()
     for labels, value in samples.get("wslog_connections_total", []):
@@ -91,7 +94,7 @@ class Exporter:
         self.thread.start()
         assert ready.wait(10), "exporter did not start listening"
 
-    def settle(self, lines: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    def settle(self, lines: int) -> Samples:
         """Scrape until every line is counted and nothing is pending (bounded)."""
         assert self.port is not None
         deadline = time.monotonic() + DEADLINE_S
@@ -112,6 +115,15 @@ class Exporter:
         assert not self.thread.is_alive()
 
 
+def replay(globs: list[str], *, lines: int, max_series: int = 2000) -> Samples:
+    """Run the exporter on ``globs`` until it settles on ``lines`` lines; its last scrape."""
+    exporter = Exporter(globs, max_series)
+    try:
+        return exporter.settle(lines)
+    finally:
+        exporter.close()
+
+
 def lab_logs(fmt: str) -> list[str]:
     return sorted(str(p) for p in (TESTDATA / "lab" / fmt).glob("*/*.log"))
 
@@ -124,11 +136,7 @@ def line_count(paths: list[str]) -> int:
 def test_exporter_counts_exactly_what_analyze_finds(fmt: str) -> None:
     paths = lab_logs(fmt)
     expected, lines = analysed_connections(paths)
-    exporter = Exporter(paths)
-    try:
-        samples = exporter.settle(line_count(paths))
-    finally:
-        exporter.close()
+    samples = replay(paths, lines=line_count(paths))
     assert counted_connections(samples) == expected
     by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
     assert by_result == {k: v for k, v in lines.items() if v}
@@ -150,11 +158,7 @@ def test_exporter_on_mixed_noise_and_malformed_lines_loses_nothing(tmp_path: Pat
         body += (lab / scenario / "server.log").read_text().splitlines()
     mixed.write_text("\n".join(body) + "\n")
     expected, lines = analysed_connections([str(mixed)])
-    exporter = Exporter([str(mixed)])
-    try:
-        samples = exporter.settle(len(body))
-    finally:
-        exporter.close()
+    samples = replay([str(mixed)], lines=len(body))
     assert counted_connections(samples) == expected
     by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
     assert by_result == {k: v for k, v in lines.items() if v}
@@ -163,11 +167,7 @@ def test_exporter_on_mixed_noise_and_malformed_lines_loses_nothing(tmp_path: Pat
 
 def test_series_cap_folds_labels_and_counts_the_overflow() -> None:
     paths = lab_logs("json")
-    exporter = Exporter(paths, max_series=1)
-    try:
-        samples = exporter.settle(line_count(paths))
-    finally:
-        exporter.close()
+    samples = replay(paths, max_series=1, lines=line_count(paths))
     connection_total = total(samples, "wslog_connections_total")
     assert connection_total == 12
     assert total(samples, "wslog_series_overflow_total") > 0
@@ -184,11 +184,7 @@ def test_no_label_carries_a_path_an_id_or_an_address() -> None:
         for field in ("upstream_host", "upstream_local_address", "downstream_remote_address"):
             forbidden |= set(result.get_column(side).struct.field(field).drop_nulls())
     assert len(forbidden) > 30
-    exporter = Exporter(paths)
-    try:
-        samples = exporter.settle(line_count(paths))
-    finally:
-        exporter.close()
+    samples = replay(paths, lines=line_count(paths))
     values = {v for series in samples.values() for labels, _ in series for v in labels.values()}
     assert values and not values & forbidden
 

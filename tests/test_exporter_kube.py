@@ -24,7 +24,7 @@ from exporter.settings import ExporterSettings, Listen, PipelineSettings, Source
 from exporter.sources import KubeSettings
 from tests.conftest import TESTDATA
 from tests.fake_k8s import FakeKube
-from tests.test_exporter import counted_connections, scrape, total
+from tests.test_exporter import Samples, counted_connections, scrape, total
 
 NS = "default"
 CLIENT = "websockets-client-sleep-5d8f7c9b4d-abcde"
@@ -88,11 +88,13 @@ def exporter(kube: FakeKube) -> Iterator[Callable[[], int]]:
         assert not thread.is_alive(), "the exporter did not stop"
 
 
-def expected(kube: FakeKube, tmp_path: Path) -> Counter[tuple[str, ...]]:
+def expected(
+    kube: FakeKube, tmp_path: Path, pods: tuple[str, ...] = (CLIENT, SERVER)
+) -> Counter[tuple[str, ...]]:
     """``wslog analyze`` on the lines the pods wrote, as ``kubectl logs --prefix
     --timestamps`` would save them."""
     paths = []
-    for pod in (CLIENT, SERVER):
+    for pod in pods:
         path = tmp_path / f"{pod}.log"
         served = kube.log_lines(NS, pod)
         path.write_text("".join(f"[pod/{pod}/istio-proxy] {line}\n" for line in served))
@@ -102,7 +104,7 @@ def expected(kube: FakeKube, tmp_path: Path) -> Counter[tuple[str, ...]]:
     return Counter(tuple(row) for row in frame.iter_rows())
 
 
-def settle(port: int, lines: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+def settle(port: int, lines: int) -> Samples:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         samples = scrape(port)
@@ -117,7 +119,7 @@ def settle(port: int, lines: int) -> dict[str, list[tuple[dict[str, str], float]
     raise AssertionError("the exporter did not settle in 60 s")
 
 
-def compared(samples: dict[str, list[tuple[dict[str, str], float]]]) -> Counter[tuple[str, ...]]:
+def compared(samples: Samples) -> Counter[tuple[str, ...]]:
     out: Counter[tuple[str, ...]] = Counter()
     for key, value in counted_connections(samples).items():
         labels = dict(zip(CONNECTION_LABELS, key, strict=True))
@@ -203,14 +205,6 @@ def test_a_new_pod_and_a_deleted_pod_lose_nothing(
     assert kube.wait_for(lambda k: k.open_log_streams >= 2, timeout=10)
     kube.append_lines(NS, replacement, server[3:])
     samples = settle(port, len(client) + len(server))
-    paths = []
-    for pod in (CLIENT, SERVER, replacement):
-        path = tmp_path / f"{pod}.log"
-        path.write_text(
-            "".join(f"[pod/{pod}/istio-proxy] {line}\n" for line in kube.log_lines(NS, pod))
-        )
-        paths.append(str(path))
-    result = analyze_run(paths, None, False, False, False, 10.0, 1.0).connections
-    frame = result.select([pl.col(k).fill_null(UNKNOWN).cast(pl.String) for k in COMPARED])
-    assert compared(samples) == Counter(tuple(row) for row in frame.iter_rows())
-    assert result.height == 7
+    want = expected(kube, tmp_path, (CLIENT, SERVER, replacement))
+    assert compared(samples) == want
+    assert sum(want.values()) == 7
