@@ -1,15 +1,15 @@
 """Per-entry facts the correlator and the classifier rely on (DESIGN.md section 1).
 
-Which side of the mesh wrote an entry, when it ends, whether it is a connection's final entry
-or a start/periodic one, whether it is HTTP, and what WebSocket evidence it carries: polars
-expressions over ENTRY_SCHEMA columns, computed once per entry.
+The side an entry's own fields prove (``analyzer.side``), when it ends, whether it is a
+connection's final entry or a start/periodic one, whether it is HTTP, and what WebSocket
+evidence it carries: polars expressions over ENTRY_SCHEMA columns, computed once per entry.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from analyzer.vocab import Side
+from analyzer.side import connect_rejected, own_side, role_of
 
 NOT_FINAL_TYPES = (
     "DownstreamStart",
@@ -20,29 +20,11 @@ NOT_FINAL_TYPES = (
 )
 
 
-def role_of(side: pl.Expr) -> pl.Expr:
-    return (
-        pl.when(side == Side.SERVER)
-        .then(pl.lit("server"))
-        .when(side.is_in([Side.CLIENT, Side.GATEWAY]))
-        .then(pl.lit("client"))
-    )
-
-
 def annotate(entries: pl.DataFrame) -> pl.DataFrame:
-    """Per-entry facts: side, role, end time, whether final, whether HTTP, WebSocket evidence."""
-    cluster = pl.col("upstream_cluster")
-    side = (
-        pl.when(pl.col("source").str.contains("(?i)gateway"))
-        .then(pl.lit(Side.GATEWAY.value))
-        .when(cluster.str.starts_with("outbound|"))
-        .then(pl.lit(Side.CLIENT.value))
-        .when(cluster.str.starts_with("inbound"))
-        .then(pl.lit(Side.SERVER.value))
-    )
+    """Per-entry facts: own side, role, end time, whether final, whether HTTP, evidence."""
     duration = pl.duration(milliseconds=pl.col("duration_ms").fill_null(0))
     return entries.with_columns(
-        side=side,
+        side=own_side(),
         end_time=pl.col("start_time") + duration,
         final=is_final(),
         http=pl.col("method").is_not_null() | pl.col("protocol").str.starts_with("HTTP"),
@@ -65,27 +47,27 @@ def is_final() -> pl.Expr:
     )
 
 
-def connect_rejected() -> pl.Expr:
-    """The server side of an extended CONNECT the server sidecar does not allow."""
-    flags = pl.col("response_flags").fill_null("")
-    return (
-        (pl.col("protocol") == "HTTP/2")
-        & flags.str.contains("DPE")
-        & (pl.col("response_code").fill_null(0) == 0)
-        & pl.col("method").is_null()
-    )
+EVIDENCE = ("upgrade-header", "101", "handshake-unsuccessful", "h2-connect-rejected")
 
 
 def entry_evidence() -> pl.Expr:
-    """Why an entry is a WebSocket, in order of strength; null when it shows nothing."""
+    """Why an entry is a WebSocket, in order of strength (``EVIDENCE``); null when it shows
+    nothing."""
     details = pl.col("response_code_details").fill_null("")
-    return (
-        pl.when(pl.col("upgrade").str.to_lowercase() == "websocket")
-        .then(pl.lit("upgrade-header"))
-        .when(pl.col("response_code") == 101)
-        .then(pl.lit("101"))
-        .when(details == "websocket_handshake_unsuccessful")
-        .then(pl.lit("handshake-unsuccessful"))
-        .when(connect_rejected())
-        .then(pl.lit("h2-connect-rejected"))
+    proofs = (
+        pl.col("upgrade").str.to_lowercase() == "websocket",
+        pl.col("response_code") == 101,
+        details == "websocket_handshake_unsuccessful",
+        connect_rejected(),
+    )
+    chain: pl.Expr = pl.lit(None, pl.String)
+    for proof, name in reversed(list(zip(proofs, EVIDENCE, strict=True))):
+        chain = pl.when(proof).then(pl.lit(name)).otherwise(chain)
+    return chain
+
+
+def evidence_rank() -> pl.Expr:
+    """The strength of an entry's evidence, 0 strongest; a connection shows its strongest."""
+    return pl.col("evidence").replace_strict(
+        {name: rank for rank, name in enumerate(EVIDENCE)}, default=len(EVIDENCE)
     )

@@ -11,10 +11,12 @@ import polars as pl
 
 from analyzer import naming
 from analyzer.schema import CONNECTION_SCHEMA, conform
+from analyzer.side import connect_rejected
 from analyzer.vocab import Cause, Outcome, Pairing, UpgradePath
 
 C = pl.col("client")
 S = pl.col("server")
+U = pl.col("unsided")
 
 # Response flags -> cause, first match wins (Envoy's flags, comma-separated in the log).
 FLAG_CAUSES: tuple[tuple[tuple[str, ...], Cause], ...] = (
@@ -43,6 +45,7 @@ def _flatten(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(
         *[C.struct.field(f).alias(f"c_{f}") for f in FIELDS],
         *[S.struct.field(f).alias(f"s_{f}") for f in FIELDS],
+        *[U.struct.field(f).alias(f"u_{f}") for f in FIELDS],
     )
 
 
@@ -76,17 +79,20 @@ def upgrade_path() -> pl.Expr:
 
 
 def _deciding(name: str) -> pl.Expr:
-    """The server's field when the server saw a non-upgrade, else the client's."""
+    """The server's field when the server saw a non-upgrade, else the client's; the entry of
+    unknown side when neither side's was seen."""
     server_decides = pl.col("s_source").is_not_null() & (pl.col("s_response_code") != 101)
-    return pl.when(server_decides).then(pl.col(f"s_{name}")).otherwise(pl.col(f"c_{name}"))
+    return (
+        pl.when(server_decides)
+        .then(pl.col(f"s_{name}"))
+        .when(pl.col("c_source").is_not_null())
+        .then(pl.col(f"c_{name}"))
+        .otherwise(pl.col(f"u_{name}"))
+    )
 
 
 def _connect_rejected() -> pl.Expr:
-    server_sig = (
-        (pl.col("s_protocol") == "HTTP/2")
-        & pl.col("s_response_flags").str.contains("DPE", literal=True)
-        & (pl.col("s_response_code").fill_null(0) == 0)
-    )
+    server_sig = pl.col("s_source").is_not_null() & connect_rejected("s_")
     client_sig = (
         pl.col("s_source").is_null()
         & (pl.col("c_upstream_protocol") == "HTTP/2")
@@ -99,12 +105,15 @@ def _connect_rejected() -> pl.Expr:
 
 
 def _upgraded() -> pl.Expr:
+    """Every entry seen answered 101 (the unsided one counts only when it is alone)."""
     c_up = pl.col("c_response_code") == 101
     s_up = pl.col("s_response_code") == 101
+    alone = pl.col("c_source").is_null() & pl.col("s_source").is_null()
+    u_up = alone & (pl.col("u_response_code") == 101)
     return (
         (pl.col("c_source").is_null() | c_up).fill_null(False)
         & (pl.col("s_source").is_null() | s_up).fill_null(False)
-        & (c_up.fill_null(False) | s_up.fill_null(False))
+        & (c_up.fill_null(False) | s_up.fill_null(False) | u_up.fill_null(False))
     )
 
 
@@ -149,13 +158,15 @@ def pairing() -> pl.Expr:
         .then(pl.lit(Pairing.PAIRED.value))
         .when(client)
         .then(pl.lit(Pairing.CLIENT_ONLY.value))
-        .otherwise(pl.lit(Pairing.SERVER_ONLY.value))
+        .when(server)
+        .then(pl.lit(Pairing.SERVER_ONLY.value))
+        .otherwise(pl.lit(Pairing.UNPAIRED.value))
     )
 
 
 def _main_side(name: str) -> pl.Expr:
-    """A figure from the client side's final entry, or the server's when client-only."""
-    return pl.coalesce(C.struct.field(name), S.struct.field(name))
+    """A figure from the client side's final entry, else the server's, else the unsided one's."""
+    return pl.coalesce(C.struct.field(name), S.struct.field(name), U.struct.field(name))
 
 
 def _by_unique(rows: pl.DataFrame, keys: list[str], **exprs: pl.Expr) -> pl.DataFrame:
@@ -193,8 +204,10 @@ def classify(rows: pl.DataFrame, *, keep_query: bool = False) -> pl.DataFrame:
     rows = rows.with_columns(
         client=pl.when(pl.col("c_source").is_not_null()).then(C),
         server=pl.when(pl.col("s_source").is_not_null()).then(S),
+        unsided=pl.when(pl.col("u_source").is_not_null()).then(U),
     )
-    distinct_flags = pl.concat([rows["c_response_flags"], rows["s_response_flags"]]).unique()
+    flag_columns = [rows[f"{p}_response_flags"] for p in ("c", "s", "u")]
+    distinct_flags = pl.concat(flag_columns).unique()
     flag_causes = {f: flag_cause(f) for f in distinct_flags.drop_nulls().to_list()}
     outcome, cause = outcome_and_cause(flag_causes)
     out = _names(rows, keep_query).with_columns(

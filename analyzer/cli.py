@@ -19,7 +19,7 @@ from analyzer.decode import Decoded
 from analyzer.errors import InputError, WslogError
 from analyzer.inputs import InputSet, expand_all
 from analyzer.options import log_formats
-from analyzer.pipeline import Analysis, AnalysisResult, Pipeline
+from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
 from analyzer.report import render_table, write_binary
 from analyzer.vocab import Cause, Outcome
 
@@ -109,11 +109,8 @@ def run(
         window=timedelta(seconds=window), clock_skew=timedelta(seconds=clock_skew)
     )
     pipeline = Pipeline(formats=formats, settings=settings, keep_query=keep_query)
-    analysis = Analysis()
-    for chunk in _with_progress(inputs):
-        analysis.add(pipeline.feed_decoded(chunk, inputs.low_watermark()))
-    analysis.add(pipeline.flush())
-    return analysis.result(include_all=include_all)
+    chunks = _with_progress(inputs)
+    return analyze_chunks(chunks, inputs.low_watermark, pipeline=pipeline, include_all=include_all)
 
 
 def _note_skipped(skipped: list[Path]) -> None:

@@ -1,17 +1,22 @@
 """Join both sidecars' entries of each connection (DESIGN.md sections 1 and 2).
 
-Entries are kept pending until the watermark (by default the newest entry end seen; ``wslog
-analyze`` passes the oldest progress among its inputs) has moved ``window`` past the
-connection's last entry, then released as one row per connection. The same ``Correlator``
-serves ``wslog analyze`` (chunks of a whole input, then ``flush``) and the exporter
-(micro-batches forever), so both apply exactly the same rules.
+How side, pairing and release decide, and why order cannot change a verdict:
 
-Pairing keys, in order: the request id (x-request-id is copied by both sidecars); for an entry
-without one (the server side of a rejected extended CONNECT, ``DPE``), its address partner:
-``client.upstream_local_address == server.downstream_remote_address`` with the server starting
-0-3 ms (plus clock skew) after the client. Several client streams sharing one request id are
-told apart by start time (the ``anchor``), and the server entries (one per retry attempt) go to
-the latest client stream that started before them.
+- **Side** is ``analyzer.side``'s one rule: an entry's own evidence at decode time, then (when
+  its connection is released) what its partners prove, then its source, counted by event time
+  up to the entry's horizon (its end + ``window``). Never which chunk or file came first.
+- **Pairing**: by request id (x-request-id is copied by both sidecars); for an entry without
+  one (the server side of a rejected extended CONNECT, ``DPE``), by its address partner:
+  ``client.upstream_local_address == server.downstream_remote_address`` with the server
+  starting 0-3 ms (plus clock skew) after the client. Several client streams sharing one request
+  id are told apart by start time (the ``anchor``); the server entries (one per retry attempt)
+  go to the latest client stream that started before them. Ties are broken by content.
+- **Release**: a connection leaves once the watermark (by default the newest entry end seen;
+  ``wslog analyze`` passes the oldest progress among its inputs) is ``window`` past its last
+  entry, so everything that could pair with it or tell a side has been seen. A stream that
+  goes back in time (one side's log after the other's) breaks that promise, so whole-input
+  runs (``hold_unpaired``) keep every connection released without both sides until the end
+  of input and pair them again there: any file order, split or read block gives the same set.
 
 The work per batch is proportional to the batch: only the groups a batch touches are re-keyed;
 the rest of the pending state is only filtered.
@@ -21,12 +26,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 import polars as pl
 
-from analyzer.annotate import annotate, role_of
+from analyzer import side
+from analyzer.annotate import annotate, evidence_rank
 from analyzer.schema import ENTRY_BRIEF_FIELDS, ENTRY_SCHEMA, UTC_US, conform
 from analyzer.vocab import Side
+
+CLIENT, SERVER = Side.CLIENT.value, Side.SERVER.value
 
 DPE_MAX_LAG = timedelta(milliseconds=3)
 CONN = ["group", "anchor"]
@@ -35,7 +44,7 @@ CONN = ["group", "anchor"]
 ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
     "uid": pl.Int64(),
     "side": pl.String(),
-    "role": pl.String(),  # "client" (client sidecar or gateway) or "server"
+    "role": pl.String(),  # Side.CLIENT (client sidecar or gateway) or Side.SERVER, see side.py
     "end_time": UTC_US,
     "final": pl.Boolean(),
     "http": pl.Boolean(),
@@ -53,6 +62,9 @@ class CorrelationSettings:
     window: timedelta = timedelta(seconds=5)  # how long an entry waits for its counterpart
     clock_skew: timedelta = timedelta(seconds=1)  # tolerated clock difference between pods
     max_pending: int = 200_000  # entries; past it the oldest connections are released early
+    # Whole inputs (wslog analyze): connections released without both sides wait for the end of
+    # input, where a counterpart that came late (one side after the other in one stream) joins.
+    hold_unpaired: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,11 @@ class Correlator:
     _pending: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
     _watermark: datetime | None = None
     _next_uid: int = 0
-    _source_sides: dict[str, set[str]] = field(default_factory=dict)
+    _sources: side.SourceSides = field(init=False)
+    _held: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
+
+    def __post_init__(self) -> None:
+        self._sources = side.SourceSides(self.settings.window)
 
     @property
     def pending(self) -> int:
@@ -79,7 +95,7 @@ class Correlator:
 
     def open_rows(self) -> pl.DataFrame:
         """Pending connections that have only start/periodic entries so far."""
-        return build_connections(self._pending.filter(~pl.col("conn_done")))
+        return build_connections(self._settle(self._pending.filter(~pl.col("conn_done"))))
 
     def feed(self, entries: pl.DataFrame, watermark: datetime | None = None) -> Released:
         """Add a batch and release what is complete. ``watermark``, when the caller knows it,
@@ -87,18 +103,30 @@ class Correlator:
         all inputs still being read); by default it is the newest entry end seen."""
         batch = self._annotate(entries)
         newest = batch.get_column("end_time").max() if watermark is None else watermark
-        if isinstance(newest, datetime) and (self._watermark is None or newest > self._watermark):
-            self._watermark = newest
-        frame, touched = self._pair(batch)
-        self._pending = rekey(frame, touched, self.settings)
+        moved = isinstance(newest, datetime) and (
+            self._watermark is None or newest > self._watermark
+        )
+        if moved:
+            self._watermark = cast(datetime, newest)
+        if batch.height:
+            frame, touched = self._pair(self._pending, batch)
+            self._pending = rekey(frame, touched, self.settings)
+            self._sources.learn(batch)
+        elif not moved:
+            return Released(build_connections(self._pending.clear()), {})
         if self._watermark is None:
             return self._take(pl.lit(False))
         horizon = pl.lit(self._watermark, UTC_US) - self.settings.window
         return self._take(pl.col("conn_done") & (pl.col("conn_end") <= horizon))
 
     def flush(self) -> Released:
-        """Release everything still pending (end of input)."""
-        return self._take(pl.lit(True))
+        """Release everything still pending (end of input), with the held connections given a
+        last chance to pair with entries that came after them."""
+        if self._held.height:
+            held, self._held = self._held, self._held.clear()
+            frame, touched = self._pair(self._pending, held)
+            self._pending = rekey(frame, touched, self.settings)
+        return self._take(pl.lit(True), final=True)
 
     def release_finished(self) -> Released:
         """Release every pending connection with a final entry, whatever the watermark: the
@@ -109,42 +137,19 @@ class Correlator:
         entries = conform(entries, ENTRY_SCHEMA)
         uids = pl.int_range(self._next_uid, self._next_uid + entries.height, eager=True)
         self._next_uid += entries.height
-        annotated = annotate(entries.with_columns(uid=uids))
-        self._learn_source_sides(annotated)
         own = (
             pl.when(pl.col("request_id").is_not_null())
             .then(pl.concat_str(pl.lit("r|"), pl.col("request_id")))
             .otherwise(pl.concat_str(pl.lit("u|"), pl.col("uid").cast(pl.String)))
         )
-        filled = self._fill_sides(annotated).with_columns(group=own)
-        return conform(filled, PENDING_SCHEMA)
+        annotated = annotate(entries.with_columns(uid=uids)).with_columns(group=own)
+        return conform(annotated, PENDING_SCHEMA)
 
-    def _learn_source_sides(self, frame: pl.DataFrame) -> None:
-        known = (
-            frame.filter(pl.col("side").is_not_null())
-            .group_by("source")
-            .agg(pl.col("side").unique())
-        )
-        for source, sides in known.iter_rows():
-            self._source_sides.setdefault(source, set()).update(sides)
-
-    def _fill_sides(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """An entry without a cluster takes its source's side, when that source (one pod's log)
-        has shown only one side. In a file holding both sides it stays unknown until an address
-        partner says it is a server's."""
-        single = {
-            src: next(iter(sides)) for src, sides in self._source_sides.items() if len(sides) == 1
-        }
-        if not single:
-            return frame
-        by_source = pl.col("source").replace_strict(single, default=None)
-        side = pl.coalesce(pl.col("side"), by_source)
-        return frame.with_columns(side=side).with_columns(role=role_of(pl.col("side")))
-
-    def _pair(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    def _pair(self, pending: pl.DataFrame, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
         """Pending plus batch, with entries that found an address partner moved into the
-        partner's group; and the groups whose connections must be re-keyed."""
-        frame = pl.concat([self._pending, batch], how="vertical")
+        partner's group (and proven servers); and the groups whose connections must be
+        re-keyed."""
+        frame = pl.concat([pending, batch], how="vertical")
         touched = batch.get_column("group").unique()
         partners = address_partners(frame, self.settings)
         if partners.height == 0:
@@ -156,21 +161,34 @@ class Correlator:
         new_group = pl.col("uid").replace_strict(
             moved.get_column("uid"), moved.get_column("to"), default=pl.col("group")
         )
-        adopted = pl.when(pl.col("uid").is_in(moved.get_column("uid").implode())).then(
-            pl.lit(Side.SERVER.value)
-        )
-        frame = frame.with_columns(group=new_group, side=pl.coalesce("side", adopted))
-        frame = frame.with_columns(role=role_of(pl.col("side")))
+        frame = side.with_server(frame.with_columns(group=new_group), moved.get_column("uid"))
         return frame, pl.concat([touched, moved.get_column("to")]).unique()
 
-    def _take(self, ready: pl.Expr) -> Released:
+    def _settle(self, entries: pl.DataFrame) -> pl.DataFrame:
+        """Sides that only the complete connection or the source can tell (side.py, steps 2-3)."""
+        proven = side.by_partner(entries, CONN)
+        return side.by_partner(self._sources.fill(proven), CONN)
+
+    def _take(self, ready: pl.Expr, *, final: bool = False) -> Released:
         frame = self._pending.with_columns(_ready=ready)
         released = frame.filter(pl.col("_ready")).drop("_ready")
         rest = frame.filter(~pl.col("_ready")).drop("_ready")
         rest, early, evicted = self._cap(rest)
         self._pending = rest
-        out = pl.concat([released, early], how="vertical")
+        out = self._settle(pl.concat([released, early], how="vertical"))
+        if self.settings.hold_unpaired and not final:
+            out = self._hold_unpaired(out)
         return Released(build_connections(out), evicted)
+
+    def _hold_unpaired(self, settled: pl.DataFrame) -> pl.DataFrame:
+        """Keep (as their entries, sides as their own evidence gave them) the connections that
+        lack a side; return the paired ones."""
+        role = pl.col("role")
+        paired = ((role == CLIENT).any() & (role == SERVER).any()).over(CONN)
+        held = settled.filter(~paired).get_column("uid")
+        own_sides = annotate(settled.filter(pl.col("uid").is_in(held.implode())))
+        self._held = pl.concat([self._held, conform(own_sides, PENDING_SCHEMA)])
+        return settled.filter(paired)
 
     def _cap(self, rest: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
         excess = rest.height - self.settings.max_pending
@@ -179,7 +197,7 @@ class Correlator:
         cut = rest.sort("conn_end", "uid").slice(0, excess).select(CONN).unique()
         early = rest.join(cut, on=CONN, how="semi", nulls_equal=True)
         counts = early.group_by("side").len().iter_rows()
-        evicted = {str(side or "unknown"): int(n) for side, n in counts}
+        evicted = {str(name or "unknown"): int(n) for name, n in counts}
         kept = rest.join(cut, on=CONN, how="anti", nulls_equal=True)
         return kept, early, evicted
 
@@ -191,7 +209,7 @@ def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings
     if work.height == 0:
         return frame
     streams = (
-        work.filter(pl.col("role") == "client")
+        work.filter(pl.col("role") == CLIENT)
         .group_by("group", "start_time")
         .agg()
         .rename({"start_time": "stream"})
@@ -220,7 +238,7 @@ def address_partners(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.D
     ``partner_uid``), the closest in time when several match."""
     servers = frame.filter(
         pl.col("group").str.starts_with("u|")
-        & (pl.col("role") == "server").fill_null(True)
+        & (pl.col("role") == SERVER).fill_null(True)
         & pl.col("downstream_remote_address").is_not_null()
     ).select(
         "uid",
@@ -232,7 +250,7 @@ def address_partners(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.D
     if servers.height == 0:
         return pl.DataFrame(schema={"uid": pl.Int64, "partner_uid": pl.Int64})
     clients = frame.filter(
-        (pl.col("role") == "client") & pl.col("upstream_local_address").is_not_null()
+        (pl.col("role") == CLIENT) & pl.col("upstream_local_address").is_not_null()
     ).select(
         pl.col("uid").alias("partner_uid"),
         pl.col("start_time").alias("client_start"),
@@ -273,12 +291,21 @@ def same_address(a: pl.Expr, b: pl.Expr) -> pl.Expr:
     return (a == b) | (masked & (_port(a) == _port(b)) & prefixes)
 
 
-def _final_entry(role: str) -> list[pl.Expr]:
+def _final_entry(name: str, mine: pl.Expr) -> list[pl.Expr]:
     """The last entry of one side of a connection: a final one if any, else the newest."""
-    mine = pl.col("role") == role
-    order = [pl.col("final").fill_null(False), pl.col("end_time"), pl.col("uid")]
+    order = [pl.col("final").fill_null(False), pl.col("end_time"), *TIEBREAK]
     pick = pl.struct(*ENTRY_BRIEF_FIELDS).filter(mine).sort_by([o.filter(mine) for o in order])
-    return [pick.last().alias(role), _attempts(mine).alias(f"{role}_streams")]
+    return [pick.last().alias(name), _attempts(mine).alias(f"{name}_streams")]
+
+
+# Entries that end in the same millisecond are ordered by what they say, never by arrival.
+TIEBREAK = [pl.col("start_time"), pl.col("downstream_remote_address"), pl.col("uid")]
+
+
+def _first(name: str) -> pl.Expr:
+    """A connection-level value from the client side first, chosen by content, not arrival."""
+    by_role = pl.col("role").replace_strict({CLIENT: 0, SERVER: 1}, default=2)
+    return pl.col(name).sort_by(by_role, pl.col(name), nulls_last=True).drop_nulls().first()
 
 
 def _attempts(mine: pl.Expr) -> pl.Expr:
@@ -288,22 +315,24 @@ def _attempts(mine: pl.Expr) -> pl.Expr:
 
 
 def build_connections(entries: pl.DataFrame) -> pl.DataFrame:
-    """One row per connection: both sides' final entries and the connection-level facts."""
-    first = [pl.col(name).drop_nulls().first() for name in ("request_id", "authority", "path")]
-    client = pl.col("role") == "client"
+    """One row per connection: each side's final entry (``unsided`` for an entry whose side no
+    evidence told) and the connection-level facts."""
+    first = [_first(name) for name in ("request_id", "authority", "path")]
+    client, server = pl.col("role") == CLIENT, pl.col("role") == SERVER
     return (
         entries.sort("uid")
         .group_by(CONN, maintain_order=True)
         .agg(
             *first,
-            *_final_entry("client"),
-            *_final_entry("server"),
+            *_final_entry("client", client),
+            *_final_entry("server", server),
+            *_final_entry("unsided", pl.col("role").is_null()),
             pl.col("final").any().alias("has_final"),
             pl.col("http").any(),
-            pl.col("evidence").drop_nulls().first(),
-            pl.col("upstream_cluster").filter(client).drop_nulls().first(),
+            pl.col("evidence").sort_by(evidence_rank()).drop_nulls().first(),
+            pl.col("upstream_cluster").filter(client).sort().drop_nulls().first(),
             pl.col("source").filter(client).first().alias("client_source"),
-            pl.col("source").filter(pl.col("role") == "server").first().alias("server_source"),
+            pl.col("source").filter(server).first().alias("server_source"),
         )
         .drop(CONN)
     )

@@ -9,6 +9,7 @@ running ``PathEvidence``, because analyze decides once at the end and the export
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -97,7 +98,10 @@ class Pipeline:
         evicted: dict[str, int],
     ) -> Step:
         http = rows.filter(pl.col("http"))
-        connections = classify(http, keep_query=self.keep_query)
+        if http.height:
+            connections = classify(http, keep_query=self.keep_query)
+        else:
+            connections = pl.DataFrame(schema=CONNECTION_SCHEMA)
         lines = {result: counts.get(result, 0) for result in LineResult}
         return Step(connections, lines, rejects, evicted, rows.height - http.height)
 
@@ -165,3 +169,23 @@ class Analysis:
             non_http=self._non_http,
             evicted=dict(self._evicted),
         )
+
+
+def analyze_chunks(
+    chunks: Iterable[Decoded],
+    watermark: Callable[[], datetime],
+    *,
+    pipeline: Pipeline,
+    include_all: bool = False,
+) -> AnalysisResult:
+    """A whole run of ``wslog analyze``: every decoded chunk through ``pipeline``, with the
+    inputs' ``watermark`` read after each, then the end of input. Connections released without
+    both sides are held to the end (``CorrelationSettings.hold_unpaired``), so a counterpart
+    later in the same stream still joins them."""
+    if not pipeline.settings.hold_unpaired:
+        pipeline = replace(pipeline, settings=replace(pipeline.settings, hold_unpaired=True))
+    analysis = Analysis()
+    for chunk in chunks:
+        analysis.add(pipeline.feed_decoded(chunk, watermark()))
+    analysis.add(pipeline.flush())
+    return analysis.result(include_all=include_all)

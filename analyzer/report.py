@@ -21,6 +21,7 @@ from rich.table import Table
 from analyzer.pipeline import AnalysisResult
 from analyzer.vocab import Cause, LineResult, explain
 
+ENTRY_COLUMNS = ("client", "server", "unsided")
 SUMMARY_KEYS = ["destination_service", "upgrade_path", "outcome", "cause"]
 EXAMPLE_IDS = 3
 UPGRADE_HINT = (
@@ -40,6 +41,7 @@ def summary(connections: pl.DataFrame) -> pl.DataFrame:
             (pairing == "paired").sum().alias("paired"),
             (pairing == "client-only").sum().alias("client_only"),
             (pairing == "server-only").sum().alias("server_only"),
+            (pairing == "unpaired").sum().alias("unpaired"),
             pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids"),
         )
         .sort(["destination_service", "upgrade_path", "outcome", "cause"], nulls_last=True)
@@ -109,10 +111,8 @@ def to_ndjson(result: AnalysisResult) -> bytes:
 
 def flat(connections: pl.DataFrame) -> pl.DataFrame:
     """Connections with the client and server entries flattened, for CSV and Parquet."""
-    prefixed = [
-        pl.col(side).struct.unnest().name.prefix(f"{side}_") for side in ("client", "server")
-    ]
-    return connections.select(pl.exclude("client", "server"), *prefixed)
+    prefixed = [pl.col(side).struct.unnest().name.prefix(f"{side}_") for side in ENTRY_COLUMNS]
+    return connections.select(pl.exclude(*ENTRY_COLUMNS), *prefixed)
 
 
 WRITERS: dict[str, Callable[[AnalysisResult], bytes]] = {
@@ -166,7 +166,7 @@ def summary_table(rows: pl.DataFrame) -> Table:
             f"[{style}]{row['outcome']}[/{style}]" if style else row["outcome"],
             row["cause"] or "-",
             str(row["connections"]),
-            f"{row['paired']} / {row['client_only']} / {row['server_only']}",
+            _pairing_cell(row),
         )
     return table
 
@@ -198,6 +198,11 @@ def _print_failure(console: Console, record: dict[str, Any]) -> None:
     )
 
 
+def _pairing_cell(row: dict[str, Any]) -> str:
+    cell = f"{row['paired']} / {row['client_only']} / {row['server_only']}"
+    return cell + (f" (+{row['unpaired']} side?)" if row["unpaired"] else "")
+
+
 def _connections_table(conns: pl.DataFrame) -> Table:
     table = Table(title="Connections", title_justify="left")
     columns = CONNECTION_COLUMNS
@@ -210,12 +215,21 @@ def _connections_table(conns: pl.DataFrame) -> Table:
 
 def _print_pairing(console: Console, conns: pl.DataFrame) -> None:
     counts = dict(conns.group_by("pairing").len().iter_rows())
-    unpaired = counts.get("client-only", 0) + counts.get("server-only", 0)
-    if unpaired:
+    one_side = counts.get("client-only", 0) + counts.get("server-only", 0)
+    unknown = counts.get("unpaired", 0)
+    if one_side + unknown:
         console.print(
-            f"\n[yellow]{unpaired} unpaired[/yellow]: {counts.get('client-only', 0)} client-only, "
-            f"{counts.get('server-only', 0)} server-only (the other sidecar's log was not given, "
-            "does not log, or its clock is off by more than --clock-skew).",
+            f"\n[yellow]{one_side + unknown} unpaired[/yellow]: {counts.get('client-only', 0)} "
+            f"client-only, {counts.get('server-only', 0)} server-only, {unknown} of unknown side "
+            "(the other sidecar's log was not given, does not log, or its clock is off by more "
+            "than --clock-skew).",
+            highlight=False,
+        )
+    if unknown:
+        console.print(
+            f"{unknown} entries have no cluster and came from a log holding both sides, so no "
+            "evidence tells which sidecar wrote them: give each pod's log as its own file, or "
+            "use kubectl logs --prefix.",
             highlight=False,
         )
 

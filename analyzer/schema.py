@@ -111,6 +111,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "attempts": pl.Int32(),  # server-side entries merged into this connection (retries)
     "client": ENTRY_BRIEF,  # the client sidecar's final entry, null when server-only
     "server": ENTRY_BRIEF,  # the server sidecar's final entry, null when client-only
+    "unsided": ENTRY_BRIEF,  # an entry no evidence placed on a side (pairing "unpaired"), else null
 }
 
 

@@ -56,6 +56,7 @@ class Pairing(StrEnum):
     PAIRED = "paired"
     CLIENT_ONLY = "client-only"
     SERVER_ONLY = "server-only"
+    UNPAIRED = "unpaired"  # one entry whose side no evidence told (see analyzer.side)
 
 
 class LineResult(StrEnum):

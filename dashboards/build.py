@@ -42,6 +42,7 @@ UNPAIRED_HELP = (
     "Connections of which only one sidecar's entry was seen. client-only: the server sidecar "
     "did not log (access logging off on the server workload, or its pods are not watched). "
     "server-only: the client sidecar did not log, or the client's namespace is not watched. "
+    "unpaired: an entry without a cluster from a stream holding both sides (stdin). "
     "Remedy: enable Istio access logging on both workloads (Telemetry accessLogging) and point "
     "the exporter at both namespaces."
 )
@@ -198,7 +199,7 @@ def duration_panels() -> list[Spec]:
 
 
 def input_panels() -> list[Spec]:
-    unpaired = ', pairing=~"client-only|server-only"'
+    unpaired = ', pairing!="paired"'
     return [
         Spec(
             "Unpaired connections per second",

@@ -21,6 +21,7 @@ from analyzer.pipeline import Step
 
 OVERFLOW = "__overflow__"
 UNKNOWN = "unknown"
+UNPAIRED_SIDE = {"client-only": "client", "server-only": "server"}  # else the side is unknown
 
 CONNECTION_LABELS = (
     "destination_service",
@@ -224,7 +225,7 @@ def record_step(
         metrics.evicted.labels(side=side, reason="size-cap").inc(count)
     unpaired = websockets.filter(pl.col("pairing") != "paired")
     for pairing, count in unpaired.group_by("pairing").len().iter_rows():
-        side = "client" if pairing == "client-only" else "server"
+        side = UNPAIRED_SIDE.get(pairing, "unknown")
         metrics.evicted.labels(side=side, reason="window").inc(count)
     metrics.pending.set(correlator_pending)
     for source, end in step.newest.items():

@@ -299,7 +299,7 @@ def test_issue_panels_are_all_there() -> None:
     }
     kinds = {p["type"] for p in panels(dashboard())}
     assert "heatmap" in kinds
-    unpaired = [e for _, e in panel_queries(dashboard()) if "client-only|server-only" in e]
+    unpaired = [e for _, e in panel_queries(dashboard()) if 'pairing!="paired"' in e]
     assert unpaired
 
 

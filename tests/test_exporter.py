@@ -4,6 +4,7 @@ endpoints, settings validation, SIGTERM, and the series cap."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from exporter.files import FileSource
 from exporter.metrics import CONNECTION_LABELS, UNKNOWN
 from exporter.run import run_exporter
 from exporter.settings import ExporterSettings, Listen, PipelineSettings, SourceKind
-from exporter.sources import FileSettings
+from exporter.sources import FileSettings, Source, StdinSource
 from tests.conftest import ROOT, TESTDATA
 
 DEADLINE_S = 60
@@ -70,17 +71,20 @@ def analysed_connections(paths: list[str]) -> tuple[Counter[tuple[str, ...]], di
 class Exporter:
     """``run_exporter`` in a thread of this process, on a free port."""
 
-    def __init__(self, globs: list[str], max_series: int = 2000) -> None:
+    def __init__(
+        self, globs: list[str], max_series: int = 2000, source: Source | None = None
+    ) -> None:
         self.stop = threading.Event()
         self.port: int | None = None
         ready = threading.Event()
         settings = ExporterSettings(
-            SourceKind.FILES,
+            SourceKind.FILES if globs else SourceKind.STDIN,
             Listen("127.0.0.1", 0),
             max_series,
             PipelineSettings(timedelta(seconds=2), timedelta(seconds=1), 200_000, 0.1, None),
         )
-        source = FileSource(FileSettings(globs=tuple(globs), from_start=True, once=True))
+        if source is None:
+            source = FileSource(FileSettings(globs=tuple(globs), from_start=True, once=True))
 
         def listening(port: int) -> None:
             self.port = port
@@ -138,6 +142,28 @@ def test_exporter_counts_exactly_what_analyze_finds(fmt: str) -> None:
     expected, lines = analysed_connections(paths)
     samples = replay(paths, lines=line_count(paths))
     assert counted_connections(samples) == expected
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["client-first", "server-first"])
+def test_exporter_on_stdin_holding_both_sides_counts_what_analyze_finds(
+    fmt: str, reverse: bool
+) -> None:
+    """``kubectl logs ... | wslog exporter --source stdin``: each scenario's two logs
+    concatenated in one stream count as the two files do (the 503 included)."""
+    paths = lab_logs(fmt)
+    expected, _ = analysed_connections(paths)
+    scenarios = sorted({Path(p).parent for p in paths})
+    sides = ("server", "client") if reverse else ("client", "server")
+    stream = b"".join((d / f"{side}.log").read_bytes() for d in scenarios for side in sides)
+    exporter = Exporter([], source=StdinSource(io.BytesIO(stream), chunk_max_lines=1))
+    try:
+        samples = exporter.settle(stream.count(b"\n"))
+    finally:
+        exporter.close()
+    assert counted_connections(samples) == expected
+    failed_503 = [k for k in expected if "h2-connect-not-allowed" in k]
+    assert failed_503 and all(counted_connections(samples)[k] for k in failed_503)
     by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
     assert by_result == {k: v for k, v in lines.items() if v}
     assert sum(expected.values()) == 12  # app-down and app-refuses show no evidence
@@ -217,6 +243,23 @@ def _port_from_logs(proc: subprocess.Popen[bytes]) -> int:
     raise AssertionError("exporter never logged its port")
 
 
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _wait_status(port: int, path: str, code: int, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _status(port, path) == code:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_cli_serves_endpoints_and_stops_cleanly_on_sigterm() -> None:
     paths = lab_logs("json")
     proc = _start_cli(
@@ -230,12 +273,10 @@ def test_cli_serves_endpoints_and_stops_cleanly_on_sigterm() -> None:
     )
     try:
         port = _port_from_logs(proc)
+        # Ready once the source has opened its files: poll, the port is logged before that.
+        assert _wait_status(port, "/readyz", 200), "/readyz never answered 200"
         for path, code in (("/healthz", 200), ("/readyz", 200), ("/nope", 404)):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                    assert r.status == code
-            except urllib.error.HTTPError as err:
-                assert err.code == code
+            assert _status(port, path) == code
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

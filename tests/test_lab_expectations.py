@@ -232,7 +232,10 @@ def _assert_one_stream_over_time(entries: list[Entry]) -> None:
     assert len(entries) >= 3, "start, at least one periodic and an end entry"
     assert len({(e["request_id"], e["start_time"]) for e in entries}) == 1
     first, middle, last = entries[0], entries[1:-1], entries[-1]
-    assert (first["response_code"], first["duration"], first["bytes_sent"]) == (0, 0, 0)
+    assert (first["response_code"], first["bytes_sent"]) == (0, 0)
+    # Written as the stream starts: Envoy measures its duration up to the write, 0 or 1 ms
+    # (1 ms seen from real Envoy on a loaded machine).
+    assert first["duration"] in (0, 1)
     assert any(e["response_code"] == 101 and e["response_flags"] == "-" for e in middle)
     assert last["response_code"] == 101 and last["response_flags"] in ("UC", "UR")
     durations = [e["duration"] for e in entries]

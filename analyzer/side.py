@@ -1,0 +1,147 @@
+"""Which side of the mesh wrote an entry: the one rule, decided from evidence (DESIGN.md 1-3).
+
+In order of strength:
+
+1. The entry's own evidence: a gateway pod's log; the upstream cluster's direction
+   (``outbound|`` = client sidecar, ``inbound|`` = server sidecar); the rejected extended
+   CONNECT signature (only the sidecar receiving the HTTP/2 hop writes it); mTLS SNI
+   ``outbound_.PORT_._.HOST`` (only the receiving sidecar sees it); Istio's inbound bind address
+   ``127.0.0.6`` as the upstream local address.
+2. What a partner proves, once the connection is complete: an entry without a request id that
+   received a client's upstream connection (``correlate.address_partners``) is a server's; an
+   entry sharing its connection with entries of one known role only is of the other role.
+3. Its source, only when that source showed exactly one side among all entries that ended by
+   this entry's horizon (its end plus the correlation window). The correlator applies this when
+   it releases the connection, which the watermark allows only once everything up to that
+   horizon has been seen: so no file order, read block or interleaving can change it.
+
+An entry still without a side is legitimate: its connection keeps it as ``unsided``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import polars as pl
+
+from analyzer.schema import UTC_US
+from analyzer.vocab import Side
+
+INBOUND_BIND = "127.0.0.6:"  # Istio binds the server sidecar's connections to the app here
+MESH_SNI = "outbound_."  # Istio's mTLS SNI, seen by the receiving sidecar
+CONNECT_REJECTED_DETAILS = "http2.invalid.header.field"
+
+
+def role_of(side: pl.Expr) -> pl.Expr:
+    """The role in a connection: a gateway calls the server as a client sidecar does."""
+    return (
+        pl.when(side == Side.SERVER.value)
+        .then(pl.lit(Side.SERVER.value))
+        .when(side.is_in([Side.CLIENT.value, Side.GATEWAY.value]))
+        .then(pl.lit(Side.CLIENT.value))
+    )
+
+
+def connect_rejected(prefix: str = "") -> pl.Expr:
+    """The entry of a sidecar that refused an extended CONNECT (no ``allow_connect``): HTTP/2,
+    ``DPE``, no response code, and Envoy's header-field details when the format logs them.
+    ``prefix`` reads the same fields from flattened columns (``s_`` in classify)."""
+    details = pl.col(f"{prefix}response_code_details")
+    return (
+        (pl.col(f"{prefix}protocol") == "HTTP/2")
+        & pl.col(f"{prefix}response_flags").fill_null("").str.contains("DPE", literal=True)
+        & (pl.col(f"{prefix}response_code").fill_null(0) == 0)
+        & (details.is_null() | (details == CONNECT_REJECTED_DETAILS))
+    )
+
+
+def own_side() -> pl.Expr:
+    """Step 1: the side an entry's own fields prove, null when they prove none."""
+    cluster = pl.col("upstream_cluster")
+    return (
+        pl.when(pl.col("source").str.contains("(?i)gateway"))
+        .then(pl.lit(Side.GATEWAY.value))
+        .when(cluster.str.starts_with("outbound|"))
+        .then(pl.lit(Side.CLIENT.value))
+        .when(cluster.str.starts_with("inbound"))
+        .then(pl.lit(Side.SERVER.value))
+        .when(connect_rejected().fill_null(False))
+        .then(pl.lit(Side.SERVER.value))
+        .when(pl.col("requested_server_name").str.starts_with(MESH_SNI))
+        .then(pl.lit(Side.SERVER.value))
+        .when(pl.col("upstream_local_address").str.starts_with(INBOUND_BIND))
+        .then(pl.lit(Side.SERVER.value))
+    )
+
+
+def with_server(frame: pl.DataFrame, uids: pl.Series) -> pl.DataFrame:
+    """Step 2, by address: the entries ``uids`` received a client's upstream connection."""
+    proven = pl.when(pl.col("uid").is_in(uids.implode())).then(pl.lit(Side.SERVER.value))
+    return _with_side(frame, pl.coalesce("side", proven))
+
+
+def by_partner(frame: pl.DataFrame, conn: list[str]) -> pl.DataFrame:
+    """Step 2, within each complete connection (``conn`` columns): an entry without a side whose
+    connection shows one role only is of the other role."""
+    role = pl.col("role")
+    has_client = (role == Side.CLIENT.value).any().over(conn)
+    has_server = (role == Side.SERVER.value).any().over(conn)
+    other = (
+        pl.when(has_client & ~has_server)
+        .then(pl.lit(Side.SERVER.value))
+        .when(has_server & ~has_client)
+        .then(pl.lit(Side.CLIENT.value))
+    )
+    return _with_side(frame, pl.coalesce("side", other))
+
+
+def _with_side(frame: pl.DataFrame, side: pl.Expr) -> pl.DataFrame:
+    return frame.with_columns(side=side).with_columns(role=role_of(pl.col("side")))
+
+
+SEEN_SCHEMA = {"source": pl.String(), "side": pl.String(), "first_end": UTC_US}
+
+
+@dataclass
+class SourceSides:
+    """Step 3's memory: when each source first showed each side (by event time, so the order in
+    which entries arrive does not matter). A few rows per source."""
+
+    window: timedelta
+    _seen: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SEEN_SCHEMA))
+
+    def learn(self, entries: pl.DataFrame) -> None:
+        """Remember the sides ``entries`` (with ``side`` and ``end_time``) prove."""
+        found = (
+            entries.filter(pl.col("side").is_not_null())
+            .group_by("source", "side")
+            .agg(pl.col("end_time").min().alias("first_end"))
+        )
+        if found.height == 0:
+            return
+        merged = pl.concat([self._seen, found.select(list(SEEN_SCHEMA))])
+        self._seen = merged.group_by("source", "side").agg(pl.col("first_end").min())
+
+    def fill(self, entries: pl.DataFrame) -> pl.DataFrame:
+        """Give each entry still without a side its source's one side, when the source showed
+        exactly one by the entry's horizon."""
+        unknown = entries.filter(pl.col("side").is_null())
+        if unknown.height == 0 or self._seen.height == 0:
+            return entries
+        horizon = pl.col("end_time") + self.window
+        known = (
+            unknown.select("uid", "source", "end_time")
+            .join(self._seen, on="source")
+            .filter(pl.col("first_end") <= horizon)
+            .group_by("uid")
+            .agg(pl.col("side").unique())
+            .filter(pl.col("side").list.len() == 1)
+            .select("uid", pl.col("side").list.first().alias("by_source"))
+        )
+        if known.height == 0:
+            return entries
+        by_source = pl.col("uid").replace_strict(
+            known.get_column("uid"), known.get_column("by_source"), default=None
+        )
+        return _with_side(entries, pl.coalesce("side", by_source))

@@ -1,0 +1,186 @@
+"""One verdict whatever shape the logs arrive in (issue: one side rule): every lab capture, in
+both formats, gives the same classified connections as two files, one per sidecar, when its
+lines come as two files either way round, one file concatenated either way round, one file
+ordered by start time or by write time (start + duration), stdin, and in read blocks as small
+as 64 bytes. ``wslog analyze --fail-on`` and the exporter's stdin source agree."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from analyzer.correlate import CorrelationSettings
+from analyzer.decode import decode
+from analyzer.formats import default_formats
+from analyzer.inputs import InputSet, InputSource
+from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
+from analyzer.schema import CONNECTION_SCHEMA, ENTRY_BRIEF_FIELDS, LINE_SCHEMA, conform
+from tests.conftest import TESTDATA
+from wslog.cli import app
+
+FORMATS = ("json", "text")
+SCENARIOS = sorted(p.name for p in (TESTDATA / "lab" / "json").iterdir() if p.is_dir())
+ENTRIES = ("client", "server", "unsided")
+# What identifies a connection, whatever file or line its entries came from.
+SCALARS = [c for c in CONNECTION_SCHEMA if c not in ENTRIES]
+BRIEF = [f for f in ENTRY_BRIEF_FIELDS if f not in ("source", "line_no")]
+
+Shape = Callable[[list[str], list[str]], list[list[str]]]  # client, server lines -> files
+
+
+def _write_times(lines: list[str], *, write: bool) -> list[tuple[int, int]]:
+    """Each line's start (or end, ``write``) in microseconds, by wslog's own decoder."""
+    frame = conform(
+        pl.DataFrame(
+            {"source": ["x"] * len(lines), "line_no": range(1, len(lines) + 1), "text": lines}
+        ),
+        LINE_SCHEMA,
+    )
+    entries = decode(frame, default_formats()).entries
+    assert entries.height == len(lines), "every lab line is an entry"
+    start = pl.col("start_time").dt.epoch("us")
+    at = start + pl.col("duration_ms").fill_null(0) * 1000 if write else start
+    return list(entries.select(at, pl.col("line_no")).iter_rows())
+
+
+def _ordered(*, write: bool) -> Shape:
+    def shape(client: list[str], server: list[str]) -> list[list[str]]:
+        lines = client + server
+        order = sorted(_write_times(lines, write=write))
+        return [[lines[n - 1] for _, n in order]]
+
+    return shape
+
+
+SHAPES: dict[str, Shape] = {
+    "two files, server first": lambda c, s: [s, c],
+    "one file, client then server": lambda c, s: [c + s],
+    "one file, server then client": lambda c, s: [s + c],
+    "one file by start time": _ordered(write=False),
+    "one file by write time": _ordered(write=True),
+}
+
+
+def lab_lines(fmt: str, scenario: str) -> tuple[list[str], list[str]]:
+    folder = TESTDATA / "lab" / fmt / scenario
+    return tuple(  # type: ignore[return-value]  # exactly two
+        (folder / f"{side}.log").read_text().splitlines() for side in ("client", "server")
+    )
+
+
+def analyse(files: list[list[str]], block_bytes: int, *, stdin: bool = False) -> AnalysisResult:
+    formats = default_formats()
+    blobs = [("\n".join(lines) + "\n").encode() for lines in files]
+    if stdin:
+        sources = [InputSource("-", None)]
+        stream: io.BytesIO | None = io.BytesIO(b"".join(blobs))
+    else:
+        sources = [InputSource(f"f{i}", None) for i in range(len(files))]
+        stream = None
+    inputs = InputSet(sources, formats, block_bytes=block_bytes, stdin=stream)
+    if not stdin:
+        for reader, blob in zip(inputs.readers, blobs, strict=True):
+            reader.stdin = io.BytesIO(blob)
+    pipeline = Pipeline(formats=formats, settings=CorrelationSettings(timedelta(seconds=10)))
+    return analyze_chunks(inputs, inputs.low_watermark, pipeline=pipeline, include_all=True)
+
+
+def verdicts(result: AnalysisResult) -> pl.DataFrame:
+    """The connections without the file names and line numbers their entries came from."""
+    briefs = [pl.col(side).struct.field(f).alias(f"{side}.{f}") for side in ENTRIES for f in BRIEF]
+    flat = result.connections.select(*SCALARS, *briefs)
+    return flat.sort(flat.columns, nulls_last=True)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_shape_gives_the_two_file_connections(fmt: str, scenario: str) -> None:
+    client, server = lab_lines(fmt, scenario)
+    expected = verdicts(analyse([client, server], 1 << 20))
+    assert expected.height > 0
+    assert set(expected.get_column("pairing")) == {"paired"}
+    for name, shape in SHAPES.items():
+        for block in (64, 1 << 20):
+            got = verdicts(analyse(shape(client, server), block))
+            assert got.equals(expected), f"{name}, {block}-byte blocks"
+    for stream in ([client + server], [server + client]):
+        assert verdicts(analyse(stream, 64, stdin=True)).equals(expected), "stdin"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_all_scenarios_in_one_stream_either_way_round(fmt: str) -> None:
+    """The whole lab, every client log then every server log, spans more than the window."""
+    pairs = [lab_lines(fmt, s) for s in SCENARIOS]
+    clients = [line for c, _ in pairs for line in c]
+    servers = [line for _, s in pairs for line in s]
+    expected = verdicts(analyse([clients, servers], 1 << 20))
+    for stream in ([clients + servers], [servers + clients]):
+        assert verdicts(analyse(stream, 64, stdin=True)).equals(expected)
+        assert verdicts(analyse(stream, 4096)).equals(expected)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["client-first", "server-first"])
+def test_fail_on_trips_on_the_503_from_one_stream(fmt: str, reverse: bool) -> None:
+    client, server = lab_lines(fmt, "h2-no-allow-connect")
+    lines = server + client if reverse else client + server
+    args = ["analyze", "--fail-on", "h2-connect-not-allowed", "--format", "json", "-"]
+    result = CliRunner().invoke(app, args, input="\n".join(lines) + "\n")
+    assert result.exit_code == 1, result.output
+    (conn,) = json.loads(result.stdout)["connections"]
+    assert (conn["upgrade_path"], conn["outcome"], conn["cause"], conn["pairing"]) == (
+        "h1-h2",
+        "failed",
+        "h2-connect-not-allowed",
+        "paired",
+    )
+
+
+def test_walkthrough_excerpts_are_malformed_in_every_shape() -> None:
+    """The reference walkthrough's elided excerpts: never entries, whatever the shape."""
+    lines = (TESTDATA / "reference" / "walkthrough-excerpts.log").read_text().splitlines()
+    for files in ([lines], [lines[:2], lines[2:]], [lines[2:], lines[:2]]):
+        for block in (64, 1 << 20):
+            result = analyse(files, block)
+            assert result.connections.height == 0
+            assert result.lines == {"entry": 0, "not_access_log": 0, "malformed": 4}
+
+
+def test_an_entry_no_evidence_places_keeps_its_facts(tmp_path: Path) -> None:
+    """A local reply without a cluster in a stream holding both sides: side unknown, but the
+    connection keeps its code, flags and times, and says it is unpaired."""
+    client, server = lab_lines("json", "h1")
+    nr = json.loads(client[0]) | {
+        "upstream_cluster": None,
+        "upstream_host": None,
+        "upstream_local_address": None,
+        "response_code": 404,
+        "response_flags": "NR",
+        "response_code_details": "route_not_found",
+        "request_id": "nr-1",
+        "duration": 0,
+        "bytes_sent": 0,
+    }
+    stream = [*client, json.dumps(nr), *server]
+    result = analyse([stream], 64, stdin=True)
+    row = result.connections.filter(pl.col("request_id") == "nr-1").row(0, named=True)
+    assert (row["pairing"], row["outcome"], row["cause"], row["response_code"]) == (
+        "unpaired",
+        "failed",
+        "no-route",
+        404,
+    )
+    assert row["client"] is None and row["server"] is None
+    assert row["unsided"]["response_flags"] == "NR"
+    assert row["start_time"] is not None
+    # Alone in a client pod's log, the same entry is the client's.
+    alone = analyse([[*client, json.dumps(nr)]], 64)
+    row = alone.connections.filter(pl.col("request_id") == "nr-1").row(0, named=True)
+    assert (row["pairing"], row["cause"]) == ("client-only", "no-route")
