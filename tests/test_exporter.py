@@ -142,6 +142,9 @@ def test_exporter_counts_exactly_what_analyze_finds(fmt: str) -> None:
     expected, lines = analysed_connections(paths)
     samples = replay(paths, lines=line_count(paths))
     assert counted_connections(samples) == expected
+    by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
+    assert by_result == {k: v for k, v in lines.items() if v}
+    assert sum(expected.values()) == 12  # app-down and app-refuses show no evidence
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
@@ -164,9 +167,6 @@ def test_exporter_on_stdin_holding_both_sides_counts_what_analyze_finds(
     assert counted_connections(samples) == expected
     failed_503 = [k for k in expected if "h2-connect-not-allowed" in k]
     assert failed_503 and all(counted_connections(samples)[k] for k in failed_503)
-    by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
-    assert by_result == {k: v for k, v in lines.items() if v}
-    assert sum(expected.values()) == 12  # app-down and app-refuses show no evidence
 
 
 def test_exporter_on_mixed_noise_and_malformed_lines_loses_nothing(tmp_path: Path) -> None:
