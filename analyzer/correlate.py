@@ -11,9 +11,11 @@ How side, pairing and release decide, and why order cannot change a verdict:
   starting 0-3 ms (plus clock skew) after the client. Several client streams sharing one request
   id are told apart by start time (the ``anchor``); the server entries (one per retry attempt)
   go to the latest client stream that started before them. Ties are broken by content.
-- **Release**: a connection leaves once the watermark (by default the newest entry end seen;
-  ``wslog analyze`` passes the oldest progress among its inputs) is ``window`` past its last
-  entry, so everything that could pair with it or tell a side has been seen. A stream that
+- **Release**: a connection leaves once every side seen in it has its final entry and the
+  watermark is ``window`` past its last entry's end. The watermark is a *start* time (by
+  default the newest entry start seen; ``wslog analyze`` passes the oldest progress among its
+  inputs): an entry of the connection still to come starts before the connection ends, so a
+  log in write order (Envoy's) or sorted by start time has shown it by then. A stream that
   goes back in time (one side's log after the other's) breaks that promise, so whole-input
   runs (``hold_unpaired``) keep every connection released without both sides until the end
   of input and pair them again there: any file order, split or read block gives the same set.
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
 
 import polars as pl
 
@@ -52,7 +53,7 @@ ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
     "group": pl.String(),  # "r|<request id>", or "u|<uid>" until an address partner is found
     "anchor": UTC_US,  # start of the client stream the entry belongs to
     "conn_end": UTC_US,  # newest entry end of the entry's connection
-    "conn_done": pl.Boolean(),  # whether the connection has a final entry
+    "conn_done": pl.Boolean(),  # whether every side seen in the connection has a final entry
 }
 PENDING_SCHEMA = {**ENTRY_SCHEMA, **ANNOTATION_SCHEMA}
 
@@ -99,15 +100,12 @@ class Correlator:
 
     def feed(self, entries: pl.DataFrame, watermark: datetime | None = None) -> Released:
         """Add a batch and release what is complete. ``watermark``, when the caller knows it,
-        is the time before which no more entries can arrive (e.g. the oldest newest-entry of
-        all inputs still being read); by default it is the newest entry end seen."""
+        is the time before which no more entries can start (e.g. the oldest progress of all
+        inputs still being read); by default it is the newest entry start seen."""
         batch = self._annotate(entries)
-        newest = batch.get_column("end_time").max() if watermark is None else watermark
-        moved = isinstance(newest, datetime) and (
-            self._watermark is None or newest > self._watermark
-        )
-        if moved:
-            self._watermark = cast(datetime, newest)
+        before = self._watermark
+        self._watermark = self._advance(batch, watermark)
+        moved = self._watermark != before
         if batch.height:
             frame, touched = self._pair(self._pending, batch)
             self._pending = rekey(frame, touched, self.settings)
@@ -118,6 +116,16 @@ class Correlator:
             return self._take(pl.lit(False))
         horizon = pl.lit(self._watermark, UTC_US) - self.settings.window
         return self._take(pl.col("conn_done") & (pl.col("conn_end") <= horizon))
+
+    def _advance(self, batch: pl.DataFrame, watermark: datetime | None) -> datetime | None:
+        """The caller's watermark as it is (it may step back, when an input starts another
+        segment of older entries), else the newest entry start seen."""
+        if watermark is not None:
+            return watermark
+        newest = batch.get_column("start_time").max()
+        if not isinstance(newest, datetime):
+            return self._watermark
+        return newest if self._watermark is None else max(newest, self._watermark)
 
     def flush(self) -> Released:
         """Release everything still pending (end of input), with the held connections given a
@@ -225,9 +233,13 @@ def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings
         check_sortedness=False,  # sorted by probe and stream within every group
     )
     anchor = pl.coalesce(pl.col("stream"), pl.col("start_time").min().over("group"))
-    keyed = joined.with_columns(anchor=anchor).with_columns(
-        conn_end=pl.col("end_time").max().over(CONN),
-        conn_done=pl.col("final").any().over(CONN),
+    keyed = (
+        joined.with_columns(anchor=anchor)
+        .with_columns(side_done=pl.col("final").any().over([*CONN, "role"]))
+        .with_columns(
+            conn_end=pl.col("end_time").max().over(CONN),
+            conn_done=pl.col("side_done").all().over(CONN),
+        )
     )
     return pl.concat([frame.filter(~hit), keyed.select(list(PENDING_SCHEMA))], how="vertical")
 

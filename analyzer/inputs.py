@@ -163,7 +163,10 @@ class SourceReader:
     framing: Framing | None = None
     stdin: BinaryIO | None = None
     counts: dict[LineResult, int] = field(default_factory=lambda: dict.fromkeys(LineResult, 0))
-    latest_end_us: int | None = None
+    # How far this source has got: the start of the last entry read. Not the newest ever read:
+    # a source that goes back in time (one pod's log after another's) has got only as far as
+    # the segment it is in; in write order a long entry's old start only makes it cautious.
+    progress_us: int | None = None
     _stream: BinaryIO | None = field(default=None, init=False)
     _blocks: Iterator[bytes] | None = field(default=None, init=False)
     _deframer: Deframer | None = field(default=None, init=False)
@@ -178,15 +181,18 @@ class SourceReader:
         if self._done:
             return None
         blocks, deframer = self._open()
-        try:
-            block = next(blocks, None)
-        except InputError as exc:
-            return self._cut_short(deframer, exc)
-        if block is None:
-            self._done = True
-            self._close()
-            return self._account(deframer.flush())
-        return self._account(deframer.feed_bytes(block))
+        while True:  # a block inside one long line gives nothing to decode: read on
+            try:
+                block = next(blocks, None)
+            except InputError as exc:
+                return self._cut_short(deframer, exc)
+            if block is None:
+                self._done = True
+                self._close()
+                return self._account(deframer.flush())
+            framed = deframer.feed_bytes(block)
+            if framed.lines.height or framed.rejects.height:
+                return self._account(framed)
 
     def _cut_short(self, deframer: Deframer, exc: InputError) -> Decoded:
         """The stream broke (a truncated gzip, a read error): keep every line read so far and
@@ -223,15 +229,10 @@ class SourceReader:
         decoded = decode_framed(framed, self.formats)
         for result, n in decoded.counts.items():
             self.counts[result] += n
-        ends = decoded.entries.select(_end_us()).to_series().max()
-        if isinstance(ends, int):
-            self.latest_end_us = max(ends, self.latest_end_us or ends)
+        last = decoded.entries.get_column("start_time").dt.epoch("us").drop_nulls().tail(1)
+        if last.len():
+            self.progress_us = int(last.item())
         return decoded
-
-
-def _end_us() -> pl.Expr:
-    start = pl.col("start_time").dt.epoch("us")
-    return start + pl.col("duration_ms").fill_null(0) * 1000
 
 
 @dataclass
@@ -261,14 +262,15 @@ class InputSet:
             if chunk is None:
                 continue
             self._check_strict(chunk)
-            heapq.heappush(heap, (reader.latest_end_us or -1, i))
+            heapq.heappush(heap, (reader.progress_us or -1, i))
             yield chunk
 
     def low_watermark(self) -> datetime:
-        """The time before which no input can still deliver an entry: the oldest newest-entry
-        end among the sources not yet exhausted (the minimum time while one has not started).
-        Entries end roughly in file order, so this holds up to the correlation window."""
-        ends = [r.latest_end_us for r in self.readers if not r.done]
+        """How far every input has got: the oldest progress among the sources not yet exhausted
+        (the minimum time while one has not started). A log in write order or in start order
+        has shown every entry of a connection once it has shown an entry starting a correlation
+        window after that connection's end (see ``analyzer.correlate``)."""
+        ends = [r.progress_us for r in self.readers if not r.done]
         if not ends:
             return datetime.max.replace(tzinfo=UTC)
         if any(end is None for end in ends):

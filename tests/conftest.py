@@ -3,8 +3,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, Phase, settings
+
+from analyzer.pipeline import AnalysisResult
+from analyzer.schema import CONNECTION_SCHEMA, ENTRY_BRIEF_FIELDS
 
 # Property tests run the same examples on every run (``ci``, the default), and never shrink: on
 # a loaded 2-core machine shrinking a slow pipeline can outlast the test timeout. A failure
@@ -24,6 +28,18 @@ settings.load_profile(os.environ.get("WSLOG_HYPOTHESIS_PROFILE", "ci"))
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata"
 SHARED = ROOT.parent / "shared"
+
+ENTRIES = ("client", "server", "unsided")
+
+
+def verdicts(result: AnalysisResult) -> pl.DataFrame:
+    """The classified connections without the file names and line numbers their entries came
+    from: what must not change with the shape of the input. Sorted, so frames compare."""
+    scalars = [c for c in CONNECTION_SCHEMA if c not in ENTRIES]
+    brief = [f for f in ENTRY_BRIEF_FIELDS if f not in ("source", "line_no")]
+    fields = [pl.col(e).struct.field(f).alias(f"{e}.{f}") for e in ENTRIES for f in brief]
+    flat = result.connections.select(*scalars, *fields)
+    return flat.sort(flat.columns, nulls_last=True)
 
 
 @pytest.fixture(scope="session")

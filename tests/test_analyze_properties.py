@@ -5,6 +5,8 @@ lines never change the connections and are all accounted for; any bytes are surv
 from __future__ import annotations
 
 import functools
+import io
+import random
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,10 +21,9 @@ from analyzer.formats import default_formats
 from analyzer.inputs import InputSet, InputSource
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
 from analyzer.vocab import LineResult
-from tests.conftest import TESTDATA
+from tests.conftest import TESTDATA, verdicts
 
 LAB = sorted((TESTDATA / "lab" / "json").glob("*/*.log"))
-KEY = ["request_id", "upgrade_path", "outcome", "cause", "pairing", "duration_ms", "bytes_sent"]
 GARBAGE = st.sampled_from(
     [
         "",
@@ -35,16 +36,19 @@ GARBAGE = st.sampled_from(
 )
 
 
-def analyse(files: list[Path], block_bytes: int) -> AnalysisResult:
+def analyse(files: list[Path], block_bytes: int, stdin: bytes | None = None) -> AnalysisResult:
+    """``files``, or ``stdin`` as the one input ``-``, as ``wslog analyze`` reads them."""
     formats = default_formats()
-    inputs = InputSet([InputSource(str(p), p) for p in files], formats, block_bytes=block_bytes)
+    sources = [InputSource(str(p), p) for p in files] if stdin is None else [InputSource("-")]
+    stream = None if stdin is None else io.BytesIO(stdin)
+    inputs = InputSet(sources, formats, block_bytes=block_bytes, stdin=stream)
     settings = CorrelationSettings(window=timedelta(seconds=10))
     pipeline = Pipeline(formats=formats, settings=settings)
     return analyze_chunks(inputs, inputs.low_watermark, pipeline=pipeline, include_all=True)
 
 
 def key(result: AnalysisResult) -> pl.DataFrame:
-    return result.connections.select(KEY).sort(KEY, nulls_last=True)
+    return verdicts(result)
 
 
 @functools.cache
@@ -62,10 +66,11 @@ def test_file_order_and_block_boundaries_do_not_change_the_connections(
     assert set(result.connections.get_column("pairing")) == {"paired"}
 
 
-def _end_seconds(line: str) -> float:
+def _end_seconds(line: str, *, write: bool = True) -> float:
+    """When Envoy wrote the entry (start + duration), or when it started."""
     entry = orjson.loads(line)
     start = datetime.fromisoformat(entry["start_time"].replace("Z", "+00:00"))
-    return start.timestamp() + (entry["duration"] or 0) / 1000
+    return start.timestamp() + (entry["duration"] or 0) / 1000 * write
 
 
 LINES = [line for path in LAB for line in path.read_text().splitlines()]
@@ -107,6 +112,63 @@ def test_one_interleaved_file_with_noise_gives_the_same_connections(
     result = analyse([target], block_bytes)
     assert key(result).equals(baseline())
     assert result.total_lines == len(mixed)
+
+
+POD_LOGS = [path.read_text().splitlines() for path in LAB]
+
+
+def _sort(lines: list[str], order: str) -> list[str]:
+    return sorted(lines, key=lambda x: _end_seconds(x, write=order == "write"))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.sampled_from(["rotated", "concatenated", "start", "write"]),
+    cuts=st.lists(st.booleans(), min_size=len(LINES), max_size=len(LINES)),
+    parts=st.lists(st.integers(0, 2), min_size=len(LAB), max_size=len(LAB)),
+    rnd=st.randoms(use_true_random=False),
+    stdin=st.booleans(),
+    block_bytes=st.sampled_from([64, 700, 1 << 20]),
+)
+def test_any_split_and_interleaving_gives_the_same_connections(
+    tmp_path_factory: pytest.TempPathFactory,
+    shape: str,
+    cuts: list[bool],
+    parts: list[int],
+    rnd: random.Random,
+    stdin: bool,
+    block_bytes: int,
+) -> None:
+    """The shapes logs come in: every pod's log cut into rotated pieces, one file each, in any
+    order; whole pod logs concatenated into up to three files (or stdin) in any order; all
+    lines merged by start or by write time into one file or stdin."""
+    files: list[list[str]]
+    if shape == "rotated":
+        flags = iter(cuts)
+        files = []
+        for log in POD_LOGS:
+            files.append([])
+            for line in log:
+                if next(flags) and files[-1]:
+                    files.append([])
+                files[-1].append(line)
+        rnd.shuffle(files)
+    elif shape == "concatenated":
+        logs = list(zip(parts, POD_LOGS, strict=True))
+        rnd.shuffle(logs)
+        files = [[x for part, log in logs if part == k for x in log] for k in range(3)]
+    else:
+        files = [_sort(LINES, shape)]
+    blobs = [("".join(f"{line}\n" for line in f)).encode() for f in files if f]
+    if stdin and shape != "rotated":
+        result = analyse([], block_bytes, stdin=b"".join(blobs))
+    else:
+        folder = tmp_path_factory.mktemp("split")
+        paths = [folder / f"part{i}.log" for i in range(len(blobs))]
+        for path, blob in zip(paths, blobs, strict=True):
+            path.write_bytes(blob)
+        result = analyse(paths, block_bytes)
+    assert key(result).equals(baseline())
 
 
 @settings(max_examples=50, deadline=None)

@@ -21,16 +21,12 @@ from analyzer.decode import decode
 from analyzer.formats import default_formats
 from analyzer.inputs import InputSet, InputSource
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
-from analyzer.schema import CONNECTION_SCHEMA, ENTRY_BRIEF_FIELDS, LINE_SCHEMA, conform
-from tests.conftest import TESTDATA
+from analyzer.schema import LINE_SCHEMA, conform
+from tests.conftest import TESTDATA, verdicts
 from wslog.cli import app
 
 FORMATS = ("json", "text")
 SCENARIOS = sorted(p.name for p in (TESTDATA / "lab" / "json").iterdir() if p.is_dir())
-ENTRIES = ("client", "server", "unsided")
-# What identifies a connection, whatever file or line its entries came from.
-SCALARS = [c for c in CONNECTION_SCHEMA if c not in ENTRIES]
-BRIEF = [f for f in ENTRY_BRIEF_FIELDS if f not in ("source", "line_no")]
 
 Shape = Callable[[list[str], list[str]], list[list[str]]]  # client, server lines -> files
 
@@ -90,13 +86,6 @@ def analyse(files: list[list[str]], block_bytes: int, *, stdin: bool = False) ->
             reader.stdin = io.BytesIO(blob)
     pipeline = Pipeline(formats=formats, settings=CorrelationSettings(timedelta(seconds=10)))
     return analyze_chunks(inputs, inputs.low_watermark, pipeline=pipeline, include_all=True)
-
-
-def verdicts(result: AnalysisResult) -> pl.DataFrame:
-    """The connections without the file names and line numbers their entries came from."""
-    briefs = [pl.col(side).struct.field(f).alias(f"{side}.{f}") for side in ENTRIES for f in BRIEF]
-    flat = result.connections.select(*SCALARS, *briefs)
-    return flat.sort(flat.columns, nulls_last=True)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
