@@ -26,7 +26,7 @@ the rest of the pending state is only filtered.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import polars as pl
@@ -74,6 +74,7 @@ class Released:
 
     connections: pl.DataFrame  # see build_connections
     evicted: dict[str, int]  # entries released early by the size cap, per side
+    late: int = 0  # entries of a connection already released paired (input out of time order)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Correlator:
     _next_uid: int = 0
     _sources: side.SourceSides = field(init=False)
     _held: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
+    _released: pl.Series = field(default_factory=lambda: pl.Series(dtype=pl.UInt64))  # groups
 
     def __post_init__(self) -> None:
         self._sources = side.SourceSides(self.settings.window)
@@ -106,6 +108,7 @@ class Correlator:
         before = self._watermark
         self._watermark = self._advance(batch, watermark)
         moved = self._watermark != before
+        late = self._count_late(batch)
         if batch.height:
             frame, touched = self._pair(self._pending, batch)
             self._pending = rekey(frame, touched, self.settings)
@@ -113,9 +116,18 @@ class Correlator:
         elif not moved:
             return Released(build_connections(self._pending.clear()), {})
         if self._watermark is None:
-            return self._take(pl.lit(False))
+            return replace(self._take(pl.lit(False)), late=late)
         horizon = pl.lit(self._watermark, UTC_US) - self.settings.window
-        return self._take(pl.col("conn_done") & (pl.col("conn_end") <= horizon))
+        ready = self._take(pl.col("conn_done") & (pl.col("conn_end") <= horizon))
+        return replace(ready, late=late)
+
+    def _count_late(self, batch: pl.DataFrame) -> int:
+        """Entries whose request id belongs to a connection already released with both sides:
+        only an input that goes back in time by more than the window delivers them."""
+        if not self.settings.hold_unpaired or self._released.len() == 0:
+            return 0
+        groups = batch.filter(pl.col("group").str.starts_with("r|")).get_column("group")
+        return int(groups.hash().is_in(self._released.implode()).sum())
 
     def _advance(self, batch: pl.DataFrame, watermark: datetime | None) -> datetime | None:
         """The caller's watermark as it is (it may step back, when an input starts another
@@ -196,7 +208,10 @@ class Correlator:
         held = settled.filter(~paired).get_column("uid")
         own_sides = annotate(settled.filter(pl.col("uid").is_in(held.implode())))
         self._held = pl.concat([self._held, conform(own_sides, PENDING_SCHEMA)])
-        return settled.filter(paired)
+        out = settled.filter(paired)
+        done = out.filter(pl.col("group").str.starts_with("r|")).get_column("group").unique()
+        self._released = pl.concat([self._released, done.hash()])
+        return out
 
     def _cap(self, rest: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
         excess = rest.height - self.settings.max_pending

@@ -34,6 +34,7 @@ class Step:
     evicted: dict[str, int]  # entries released early by the pending-size cap, per side
     non_http: int  # connections made only of TCP entries, never WebSocket candidates
     newest: dict[str, datetime] = field(default_factory=dict)  # newest entry end per source
+    late: int = 0  # entries of connections already released with both sides (see Released)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Pipeline:
         """Correlate decoded entries with what is pending (see ``Correlator.feed``)."""
         released = self.correlator.feed(decoded.entries, watermark)
         step = self._step(released.connections, decoded.counts, decoded.rejects, released.evicted)
-        return replace(step, newest=newest_by_source(decoded.entries))
+        return replace(step, newest=newest_by_source(decoded.entries), late=released.late)
 
     def flush(self) -> Step:
         """End of input: release everything pending."""
@@ -124,6 +125,7 @@ class AnalysisResult:
     left_out_http: int  # HTTP connections without WebSocket evidence (see --all)
     non_http: int
     evicted: dict[str, int]
+    late_entries: int = 0  # entries that came after their connection was released paired
 
     @property
     def total_lines(self) -> int:
@@ -142,6 +144,7 @@ class Analysis:
     _example_count: int = 0
     _non_http: int = 0
     _evicted: Counter[str] = field(default_factory=Counter)
+    _late: int = 0
 
     def add(self, step: Step) -> None:
         self._connections.append(step.connections)
@@ -153,6 +156,7 @@ class Analysis:
             self._example_count += min(room, step.rejects.height)
         self._non_http += step.non_http
         self._evicted.update(step.evicted)
+        self._late += step.late
 
     def result(self, *, include_all: bool = False) -> AnalysisResult:
         every = pl.concat([pl.DataFrame(schema=CONNECTION_SCHEMA), *self._connections])
@@ -168,6 +172,7 @@ class Analysis:
             left_out_http=every.height - selected.height,
             non_http=self._non_http,
             evicted=dict(self._evicted),
+            late_entries=self._late,
         )
 
 

@@ -22,6 +22,12 @@ from analyzer.pipeline import AnalysisResult
 from analyzer.vocab import Cause, LineResult, explain
 
 ENTRY_COLUMNS = ("client", "server", "unsided")
+LATE_HINT = (
+    "{n} entries came after their connection had been reported with both sides: the input goes "
+    "back in time by more than --window in a stream that mixes pods (e.g. merged dumps "
+    "concatenated out of order), so they count as connections of their own. Give each "
+    "pod's log as its own file, concatenate whole pod logs, or sort the stream by time."
+)
 SUMMARY_KEYS = ["destination_service", "upgrade_path", "outcome", "cause"]
 EXAMPLE_IDS = 3
 UPGRADE_HINT = (
@@ -86,6 +92,7 @@ def document(result: AnalysisResult) -> dict[str, Any]:
             "hint": UPGRADE_HINT if result.left_out_http else "",
         },
         "evicted": result.evicted,
+        "late_entries": result.late_entries,
         "summary": summary(result.connections).to_dicts(),
         "failures": failures(result.connections),
         "connections": result.connections.to_dicts(),
@@ -253,6 +260,9 @@ def _print_lines(console: Console, result: AnalysisResult) -> None:
     shown = result.reject_examples.height
     if lines[LineResult.MALFORMED] > shown:
         console.print(f"    ... and {lines[LineResult.MALFORMED] - shown} more", highlight=False)
+    if result.late_entries:
+        late = LATE_HINT.format(n=result.late_entries)
+        console.print(f"[yellow]{late}[/yellow]", highlight=False)
     if result.left_out_http:
         console.print(
             f"{result.left_out_http} HTTP requests showed no WebSocket evidence and were left "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from analyzer.correlate import CorrelationSettings
@@ -21,6 +22,7 @@ from analyzer.decode import decode
 from analyzer.formats import default_formats
 from analyzer.inputs import InputSet, InputSource
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
+from analyzer.report import render_table
 from analyzer.schema import LINE_SCHEMA, conform
 from tests.conftest import TESTDATA, verdicts
 from wslog.cli import app
@@ -173,3 +175,19 @@ def test_an_entry_no_evidence_places_keeps_its_facts(tmp_path: Path) -> None:
     alone = analyse([[*client, json.dumps(nr)]], 64)
     row = alone.connections.filter(pl.col("request_id") == "nr-1").row(0, named=True)
     assert (row["pairing"], row["cause"]) == ("client-only", "no-route")
+
+
+def test_merged_dumps_concatenated_out_of_order_are_reported_not_hidden() -> None:
+    """The one shape the watermark cannot see through: a stream mixing pods that goes back in
+    time by more than the window, with one connection on both sides of the jump. The report
+    says so and how to give the input instead."""
+    client, server = lab_lines("json", "app-down")
+    later = lab_lines("json", "client-drop-h2")[0]  # minutes after app-down
+    first = [client[0], server[0], *later]  # the client entry and the first attempt
+    result = analyse([[*first, *server[1:]]], 64)
+    assert result.late_entries == len(server) - 1
+    console = Console(record=True, width=200)
+    render_table(result, console)
+    assert "2 entries came after their connection had been reported" in console.export_text()
+    # In any supported shape nothing is late.
+    assert analyse([client, server], 64).late_entries == 0
