@@ -11,14 +11,16 @@ How side, pairing and release decide, and why order cannot change a verdict:
   starting 0-3 ms (plus clock skew) after the client. Several client streams sharing one request
   id are told apart by start time (the ``anchor``); the server entries (one per retry attempt)
   go to the latest client stream that started before them. Ties are broken by content.
-- **Release**: a connection leaves once every side seen in it has its final entry and the
-  watermark is ``window`` past its last entry's end. The watermark is a *start* time (by
-  default the newest entry start seen; ``wslog analyze`` passes the oldest progress among its
-  inputs): an entry of the connection still to come starts before the connection ends, so a
-  log in write order (Envoy's) or sorted by start time has shown it by then. A stream that
-  goes back in time (one side's log after the other's) breaks that promise, so whole-input
-  runs (``hold_unpaired``) keep every connection released without both sides until the end
-  of input and pair them again there: any file order, split or read block gives the same set.
+- **Release**: a connection leaves once it has a final entry and the watermark is ``window``
+  past its last entry's end. The watermark is a *start* time (by default the newest entry
+  start seen; ``wslog analyze`` passes the oldest progress among its inputs): an entry of the
+  connection still to come starts before the connection ends, so a log in write order
+  (Envoy's) or sorted by start time has shown it by then. A stream that goes back in time (one
+  side's log after the other's) breaks that promise, so whole-input runs (``hold_unpaired``)
+  keep every connection released without both sides until the end of input and pair them
+  again there: any file order, rotation, concatenation of pod logs, merge or read block gives
+  the same set. (Every side having its final entry is not required: untyped formats cannot
+  tell a client sidecar's flag-free 101 over an HTTP/2 hop from a periodic entry.)
 
 The work per batch is proportional to the batch: only the groups a batch touches are re-keyed;
 the rest of the pending state is only filtered.
@@ -53,7 +55,7 @@ ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
     "group": pl.String(),  # "r|<request id>", or "u|<uid>" until an address partner is found
     "anchor": UTC_US,  # start of the client stream the entry belongs to
     "conn_end": UTC_US,  # newest entry end of the entry's connection
-    "conn_done": pl.Boolean(),  # whether every side seen in the connection has a final entry
+    "conn_done": pl.Boolean(),  # whether the connection has a final entry
 }
 PENDING_SCHEMA = {**ENTRY_SCHEMA, **ANNOTATION_SCHEMA}
 
@@ -248,13 +250,9 @@ def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings
         check_sortedness=False,  # sorted by probe and stream within every group
     )
     anchor = pl.coalesce(pl.col("stream"), pl.col("start_time").min().over("group"))
-    keyed = (
-        joined.with_columns(anchor=anchor)
-        .with_columns(side_done=pl.col("final").any().over([*CONN, "role"]))
-        .with_columns(
-            conn_end=pl.col("end_time").max().over(CONN),
-            conn_done=pl.col("side_done").all().over(CONN),
-        )
+    keyed = joined.with_columns(anchor=anchor).with_columns(
+        conn_end=pl.col("end_time").max().over(CONN),
+        conn_done=pl.col("final").any().over(CONN),
     )
     return pl.concat([frame.filter(~hit), keyed.select(list(PENDING_SCHEMA))], how="vertical")
 

@@ -149,17 +149,22 @@ def test_exporter_counts_exactly_what_analyze_finds(fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["client-first", "server-first"])
-def test_exporter_on_stdin_holding_both_sides_counts_what_analyze_finds(
-    fmt: str, reverse: bool
+@pytest.mark.parametrize("kind", ["stdin", "one-file"])
+def test_exporter_on_one_stream_holding_both_sides_counts_what_analyze_finds(
+    tmp_path: Path, fmt: str, reverse: bool, kind: str
 ) -> None:
-    """``kubectl logs ... | wslog exporter --source stdin``: each scenario's two logs
-    concatenated in one stream count as the two files do (the 503 included)."""
+    """``kubectl logs ... | wslog exporter --source stdin``, or one file holding both sidecars'
+    logs: each scenario's two logs concatenated count as the two files do (the 503 included)."""
     paths = lab_logs(fmt)
     expected, _ = analysed_connections(paths)
     scenarios = sorted({Path(p).parent for p in paths})
     sides = ("server", "client") if reverse else ("client", "server")
     stream = b"".join((d / f"{side}.log").read_bytes() for d in scenarios for side in sides)
-    exporter = Exporter([], source=StdinSource(io.BytesIO(stream), chunk_max_lines=1))
+    if kind == "stdin":
+        exporter = Exporter([], source=StdinSource(io.BytesIO(stream), chunk_max_lines=1))
+    else:
+        (tmp_path / "both.log").write_bytes(stream)
+        exporter = Exporter([str(tmp_path / "both.log")])
     try:
         samples = exporter.settle(stream.count(b"\n"))
     finally:
