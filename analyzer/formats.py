@@ -88,6 +88,7 @@ INT_COLUMNS = frozenset(
 _OPERATOR = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(((?:[^()%]|%[^%()]*)*)\))?(?::(\d+))?%")
 _TIME_DEFAULT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z"
 _INT = r"-?\d+|-"
+_PROTOCOL = r"HTTP/[0-9.]+|-"  # all Envoy's %PROTOCOL% writes
 _META = set("\\.+*?()|[]{}^$")
 
 
@@ -153,15 +154,29 @@ class FormatSet:
         return FormatSet(_dedupe((*formats, *self.formats)))
 
 
+# The order TEXT generations are tried in: the most common first.
+_TRY_FIRST = [
+    "istio-text-1.9",
+    "istio-text-1.23",
+    "istio-text-1.7",
+    "istio-text-1.8",
+    "istio-text-1.2",
+    "istio-text-1.1",
+    "istio-text-1.0",
+    "istio-text-1.0-tcp",
+]
+
+
 def default_formats() -> FormatSet:
     """Istio's JSON and TEXT (each with wslog's extra fields), older TEXT generations, Envoy's.
 
     The 1.9 and 1.23 TEXT layouts are the same parser; lines of either are named
-    ``istio-text-1.9``.
+    ``istio-text-1.9``. Fields after a layout's last are allowed, so a newer layout is tried
+    before an older one that is its prefix (a 1.8 line is a 1.1 line plus the route name).
     """
     json_format = compile_json("istio-json", {**ISTIO_JSON_FORMAT, **WSLOG_EXTRA_FIELDS})
     wslog_text = compile_text("istio-text-wslog", WSLOG_TEXT_FORMAT)
-    order = sorted(ISTIO_TEXT_FORMATS, key=lambda name: name != "istio-text-1.9")
+    order = sorted(ISTIO_TEXT_FORMATS, key=_TRY_FIRST.index)
     texts = [compile_text(name, ISTIO_TEXT_FORMATS[name]) for name in order]
     envoy = compile_text("envoy-default", ENVOY_DEFAULT_FORMAT)
     return FormatSet(_dedupe((json_format, wslog_text, *texts, envoy)))
@@ -266,6 +281,10 @@ def _value_regex(field: Field, nxt: str | Field | None) -> str:
         return _INT
     if field.value_type is ValueType.TIME:
         return strftime_regex(field.time_format) if field.time_format else _TIME_DEFAULT
+    if field.column == "protocol":
+        return _PROTOCOL
+    if isinstance(nxt, Field):  # run together with the next value (Istio 1.0's path+protocol)
+        return r"\S*?"
     if isinstance(nxt, str) and nxt[0] not in " \t":
         return f"[^{escape(nxt[0])}]*"
     return r"\S+"

@@ -4,8 +4,14 @@ The lab configures its Envoys with these exact strings, and the decoder recognis
 sides of the project agree on what "Istio's default format" is. Generations of the TEXT format are
 kept because saved logs from old clusters are still analysed.
 
-Generations (istio/istio ``pilot/pkg/model/telemetry_logging.go`` and its predecessors):
-- up to 1.7: ``"%DYNAMIC_METADATA(istio.mixer:status)%"`` after the flags (Mixer);
+Generations (istio/istio ``pilot/pkg/model/telemetry_logging.go`` and its predecessors,
+``pilot/pkg/networking/core/v1alpha3/listener.go`` before 1.6):
+- 1.0.0-1.0.2: no format set, so Envoy's default; 1.0.3-1.0.x: ``EnvoyHTTPLogFormat`` (path and
+  protocol without a space between them, from istio/istio#8926) and ``EnvoyTCPLogFormat``;
+- 1.1: ``"%DYNAMIC_METADATA(istio.mixer:status)%"`` (istio/istio#11471) and
+  ``%REQUESTED_SERVER_NAME%``; 1.2: ``"%UPSTREAM_TRANSPORT_FAILURE_REASON%"``; 1.3:
+  ``%ROUTE_NAME%`` (istio/istio#16237);
+- 1.3 to 1.7: the Mixer status after the flags;
 - 1.8: Mixer field dropped;
 - 1.9: ``%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%`` added (istio/istio#27903);
 - 1.23: ``%UPSTREAM_CLUSTER%`` replaced by ``%UPSTREAM_CLUSTER_RAW%`` in TEXT for proxies >= 1.23
@@ -53,8 +59,30 @@ _TAIL = (
     "%DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
 )
 
+_TAIL_1_2 = _TAIL.replace(" %ROUTE_NAME%\n", "\n")  # route name arrived in 1.3
+_MIXER = '%RESPONSE_CODE% %RESPONSE_FLAGS% "%DYNAMIC_METADATA(istio.mixer:status)%" '
+
 # Istio's TEXT encoding by generation (newest last). The current one is what the lab writes.
 ISTIO_TEXT_FORMATS: dict[str, str] = {
+    # 1.0.3-1.0.x (EnvoyHTTPLogFormat): Istio's own first format, with path and protocol run
+    # together (no space between them in the Go string); 1.0.0-1.0.2 wrote Envoy's default.
+    "istio-text-1.0": (
+        '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%%PROTOCOL%" '
+        "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+        '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+        '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% '
+        "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS%\n"
+    ),
+    # 1.0.3-1.0.x TCP proxies (EnvoyTCPLogFormat).
+    "istio-text-1.0-tcp": (
+        "[%START_TIME%] %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+        '"%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% '
+        "%DOWNSTREAM_REMOTE_ADDRESS%\n"
+    ),
+    # 1.1: Mixer status and the requested server name, no transport failure reason, no route.
+    "istio-text-1.1": _HEAD + _MIXER + _TAIL_1_2,
+    # 1.2: the upstream transport failure reason added.
+    "istio-text-1.2": _HEAD + _MIXER + '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" ' + _TAIL_1_2,
     "istio-text-1.7": _HEAD
     + '%RESPONSE_CODE% %RESPONSE_FLAGS% "%DYNAMIC_METADATA(istio.mixer:status)%" '
     + '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" '

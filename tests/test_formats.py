@@ -26,6 +26,10 @@ def test_default_formats_cover_every_istio_generation_and_envoy() -> None:
         "istio-text-1.9",
         "istio-text-1.7",
         "istio-text-1.8",
+        "istio-text-1.2",
+        "istio-text-1.1",
+        "istio-text-1.0",
+        "istio-text-1.0-tcp",
         "envoy-default",
     ]
 
