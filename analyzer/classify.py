@@ -37,6 +37,7 @@ FIELDS = (
     "response_code",
     "response_flags",
     "response_code_details",
+    "upstream_host",
 )
 
 
@@ -91,6 +92,18 @@ def _deciding(name: str) -> pl.Expr:
     )
 
 
+def _answered_upstream() -> pl.Expr:
+    """The response came from upstream: Envoy says so (``via_upstream``), or, in formats
+    without %RESPONSE_CODE_DETAILS% (Istio <= 1.8 TEXT, Envoy's default), an upstream host
+    was picked and no flag marks a local reply."""
+    details = _deciding("response_code_details")
+    return (
+        pl.when(details.is_not_null())
+        .then(details == "via_upstream")
+        .otherwise(_deciding("upstream_host").is_not_null())
+    )
+
+
 def _connect_rejected() -> pl.Expr:
     server_sig = pl.col("s_source").is_not_null() & connect_rejected("s_")
     client_sig = (
@@ -120,7 +133,7 @@ def _upgraded() -> pl.Expr:
 def outcome_and_cause(flag_causes: dict[str, str]) -> tuple[pl.Expr, pl.Expr]:
     code = _deciding("response_code").fill_null(0)
     flags = _deciding("response_flags")
-    from_app = (_deciding("response_code_details") == "via_upstream") & flags.is_null() & (code > 0)
+    from_app = _answered_upstream() & flags.is_null() & (code > 0)
     unsuccessful = "websocket_handshake_unsuccessful"
     handshake = (pl.col("c_response_code_details") == unsuccessful).fill_null(False) | (
         pl.col("s_response_code_details") == unsuccessful
@@ -177,9 +190,13 @@ def _by_unique(rows: pl.DataFrame, keys: list[str], **exprs: pl.Expr) -> pl.Data
 
 def _names(rows: pl.DataFrame, keep_query: bool) -> pl.DataFrame:
     service = naming.destination_service()
+    rows = rows.with_columns(
+        server_cluster=S.struct.field("upstream_cluster"),
+        server_sni=S.struct.field("requested_server_name"),
+    )
     rows = _by_unique(
         rows,
-        ["upstream_cluster", "authority", "server_source"],
+        ["upstream_cluster", "server_cluster", "server_sni", "authority", "server_source"],
         destination_service=service,
         destination_namespace=pl.coalesce(
             naming.service_namespace(service), naming.source_namespace(pl.col("server_source"))

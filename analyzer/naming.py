@@ -1,7 +1,8 @@
 """Names the mesh gives things, recovered from what a log line carries.
 
-Istio names clusters ``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``; kubectl, the kubelet
-and the exporter name sources ``namespace/pod`` or ``/var/log/pods/NS_POD_UID/...``. These
+Istio names clusters ``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``
+(``inbound|PORT|NAME|FQDN`` before 1.10) and its mTLS SNI ``outbound_.PORT_.SUBSET_.FQDN``;
+kubectl, the kubelet and the exporter name sources ``namespace/pod`` or ``/var/log/pods/NS_POD_UID/...``. These
 polars expressions turn them into the labels of DESIGN.md section 2.
 """
 
@@ -15,8 +16,17 @@ _POD_SUFFIX = r"-[a-z0-9]{8,10}-[a-z0-9]{5}$|-[a-z0-9]{5}$"
 
 
 def cluster_service(cluster: pl.Expr) -> pl.Expr:
-    """``outbound|8080||svc.ns.svc.cluster.local`` -> ``svc.ns.svc.cluster.local``."""
-    fqdn = cluster.str.extract(r"^outbound\|[^|]*\|[^|]*\|(.+)$", 1)
+    """``outbound|8080||svc.ns.svc.cluster.local`` -> ``svc.ns.svc.cluster.local``; also the
+    server side's ``inbound|8080|http|svc.ns.svc.cluster.local`` of Istio before 1.10 (since
+    then inbound clusters are ``inbound|8080||`` and name nothing)."""
+    fqdn = cluster.str.extract(r"^(?:outbound|inbound)\|[^|]*\|[^|]*\|(.+)$", 1)
+    return pl.when(fqdn.str.len_chars() > 0).then(fqdn)
+
+
+def sni_service(sni: pl.Expr) -> pl.Expr:
+    """Istio's mTLS SNI, which the server sidecar sees: ``outbound_.8080_._.svc.ns.svc.cluster.
+    local`` (``_`` or the subset between the dots) -> ``svc.ns.svc.cluster.local``."""
+    fqdn = sni.str.extract(r"^outbound_\.\d+_\.[^.]*_\.(.+)$", 1)
     return pl.when(fqdn.str.len_chars() > 0).then(fqdn)
 
 
@@ -57,7 +67,11 @@ def strip_query(path: pl.Expr) -> pl.Expr:
 
 
 def destination_service() -> pl.Expr:
-    """From the client's cluster name, else the authority host."""
+    """From what the mesh named: the client's cluster, else the server's (before Istio 1.10),
+    else the mTLS SNI the server saw; only then the authority host the client sent."""
     return pl.coalesce(
-        cluster_service(pl.col("upstream_cluster")), authority_service(pl.col("authority"))
+        cluster_service(pl.col("upstream_cluster")),
+        cluster_service(pl.col("server_cluster")),
+        sni_service(pl.col("server_sni")),
+        authority_service(pl.col("authority")),
     )

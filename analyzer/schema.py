@@ -85,6 +85,7 @@ ENTRY_BRIEF_FIELDS: tuple[str, ...] = (
     "upstream_local_address",
     "downstream_local_address",
     "downstream_remote_address",
+    "requested_server_name",
     "access_log_type",
 )
 ENTRY_BRIEF = pl.Struct({name: ENTRY_SCHEMA[name] for name in ENTRY_BRIEF_FIELDS})
