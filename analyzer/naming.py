@@ -2,8 +2,9 @@
 
 Istio names clusters ``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``
 (``inbound|PORT|NAME|FQDN`` before 1.10) and its mTLS SNI ``outbound_.PORT_.SUBSET_.FQDN``;
-kubectl, the kubelet and the exporter name sources ``namespace/pod`` or ``/var/log/pods/NS_POD_UID/...``. These
-polars expressions turn them into the labels of DESIGN.md section 2.
+kubectl, the kubelet and the exporter name sources ``namespace/pod`` or
+``/var/log/pods/NS_POD_UID/...``. These polars expressions turn them into the labels of
+DESIGN.md section 2.
 """
 
 from __future__ import annotations
