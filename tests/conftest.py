@@ -27,7 +27,6 @@ settings.load_profile(os.environ.get("WSLOG_HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata"
-SHARED = ROOT.parent / "shared"
 
 ENTRIES = ("client", "server", "unsided")
 
@@ -45,10 +44,3 @@ def verdicts(result: AnalysisResult) -> pl.DataFrame:
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     return TESTDATA
-
-
-@pytest.fixture(scope="session")
-def shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip("../shared is not beside this checkout")
-    return SHARED

@@ -16,6 +16,9 @@ from analyzer.formats import FormatSet, default_formats, parse_log_format
 from analyzer.framing import Deframer, Framed
 from analyzer.schema import ENTRY_SCHEMA, REJECT_SCHEMA
 from analyzer.vocab import LineResult
+from tests.conftest import TESTDATA
+
+REAL_WORLD_DIR = TESTDATA / "real-world"
 
 FORMATS = default_formats()
 RENUKA = (
@@ -54,8 +57,8 @@ def counts(decoded: Decoded) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("name", sorted(REAL_WORLD))
-def test_every_real_world_line_is_accounted_for(shared: Path, name: str) -> None:
-    data = (shared / "real-world-logs" / name).read_bytes()
+def test_every_real_world_line_is_accounted_for(name: str) -> None:
+    data = (REAL_WORLD_DIR / name).read_bytes()
     decoded = decode_bytes(data)
     entries, foreign, malformed, formats = REAL_WORLD[name]
     assert counts(decoded) == (entries, foreign, malformed)
@@ -65,15 +68,15 @@ def test_every_real_world_line_is_accounted_for(shared: Path, name: str) -> None
     assert decoded.rejects.schema == REJECT_SCHEMA
 
 
-def test_truncated_istio_1_7_line_is_reported_as_truncated(shared: Path) -> None:
-    path = shared / "real-world-logs" / "cray-hpe-docs-csm-troubleshoot-intermittent-503s.log"
+def test_truncated_istio_1_7_line_is_reported_as_truncated() -> None:
+    path = REAL_WORLD_DIR / "cray-hpe-docs-csm-troubleshoot-intermittent-503s.log"
     rejects = decode_bytes(path.read_bytes()).rejects
     assert rejects.select("line_no", "reason").rows() == [(1, "truncated")]
     assert "istio-text-1.7" in rejects["detail"][0]
 
 
-def test_renuka_custom_format_with_compose_prefix_decodes_with_log_format(shared: Path) -> None:
-    data = (shared / "real-world-logs" / "renuka-fernando-examples-envoy-simple.log").read_bytes()
+def test_renuka_custom_format_with_compose_prefix_decodes_with_log_format() -> None:
+    data = (REAL_WORLD_DIR / "renuka-fernando-examples-envoy-simple.log").read_bytes()
     decoded = decode_bytes(data, FORMATS.with_formats(parse_log_format(RENUKA)))
     assert counts(decoded) == (10, 0, 0)
     ws = decoded.entries.filter(pl.col("response_code") == 101)
@@ -84,14 +87,14 @@ def test_renuka_custom_format_with_compose_prefix_decodes_with_log_format(shared
     assert ws["log_time"][0] == datetime(2024, 7, 21, 8, 33, 12, 906672, tzinfo=UTC)
 
 
-def test_without_its_format_the_renuka_log_is_malformed_not_foreign(shared: Path) -> None:
-    data = (shared / "real-world-logs" / "renuka-fernando-examples-envoy-simple.log").read_bytes()
+def test_without_its_format_the_renuka_log_is_malformed_not_foreign() -> None:
+    data = (REAL_WORLD_DIR / "renuka-fernando-examples-envoy-simple.log").read_bytes()
     rejects = decode_bytes(data).rejects
     assert set(rejects["reason"].to_list()) == {"format-mismatch"}
 
 
-def test_istio_text_fields_are_typed_and_dashes_are_null(shared: Path) -> None:
-    data = (shared / "real-world-logs" / "istio-io-docs-access-log-task.log").read_bytes()
+def test_istio_text_fields_are_typed_and_dashes_are_null() -> None:
+    data = (REAL_WORLD_DIR / "istio-io-docs-access-log-task.log").read_bytes()
     row = decode_bytes(data).entries.row(1, named=True)
     assert row["start_time"] == datetime(2020, 11, 25, 21, 26, 18, 409000, tzinfo=UTC)
     assert (row["method"], row["path"], row["protocol"]) == ("GET", "/status/418", "HTTP/1.1")
@@ -103,9 +106,9 @@ def test_istio_text_fields_are_typed_and_dashes_are_null(shared: Path) -> None:
     assert row["route_name"] == "default"
 
 
-def test_tcp_entries_have_null_method_and_protocol(shared: Path) -> None:
+def test_tcp_entries_have_null_method_and_protocol() -> None:
     name = "jewertow-istio-playground-tunneling-http-proxy-sidecar.log"
-    entries = decode_bytes((shared / "real-world-logs" / name).read_bytes()).entries
+    entries = decode_bytes((REAL_WORLD_DIR / name).read_bytes()).entries
     assert entries.select("method", "protocol", "response_code").unique().rows() == [
         (None, None, 0)
     ]

@@ -16,6 +16,7 @@ import kubernetes_validate
 import pytest
 
 from analyzer.istio_formats import ISTIO_JSON_FORMAT, WSLOG_EXTRA_FIELDS
+from tests.conftest import TESTDATA
 from tests.deploy.manifests import (
     DEPLOY,
     K8S_VERSIONS,
@@ -46,8 +47,8 @@ EXPECTED_KUSTOMIZATIONS = {
 
 
 @pytest.fixture(scope="session")
-def crds(shared: Path) -> dict[tuple[str, str, str], Any]:
-    return load_crds(shared / "schemas" / "crds")
+def crds() -> dict[tuple[str, str, str], Any]:
+    return load_crds(TESTDATA / "schemas" / "crds")
 
 
 def _objects(kustomization: str) -> tuple[Obj, ...]:
@@ -111,8 +112,8 @@ def test_core_validation_rejects_an_unknown_field() -> None:
 # --- reference workloads and variants ------------------------------------------------------------
 
 
-def test_reference_workloads_are_the_walkthroughs(shared: Path) -> None:
-    walkthrough = (shared / "reference" / "asm-websocket-walkthrough.txt").read_text("utf-8")
+def test_reference_workloads_are_the_walkthroughs() -> None:
+    walkthrough = (TESTDATA / "reference" / "walkthrough-workloads.txt").read_text("utf-8")
     objects = _objects("workloads")
     assert {o["metadata"]["namespace"] for o in objects} == {"default"}
     assert kinds(objects) == ["Deployment", "Deployment", "Service", "Service"]

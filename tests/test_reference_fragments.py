@@ -16,15 +16,16 @@ from analyzer.decode import decode
 from analyzer.formats import default_formats
 from analyzer.schema import LINE_SCHEMA, conform
 from analyzer.vocab import LineResult
+from tests.conftest import TESTDATA
 
 
-def excerpts(shared: Path) -> list[str]:
-    text = (shared / "reference" / "asm-websocket-walkthrough.txt").read_text(encoding="utf-8")
+def excerpts() -> list[str]:
+    text = (TESTDATA / "reference" / "walkthrough-excerpts.log").read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.startswith("{....")]
 
 
-def test_elided_excerpts_are_malformed_with_file_and_line(shared: Path, tmp_path: Path) -> None:
-    lines = excerpts(shared)
+def test_elided_excerpts_are_malformed_with_file_and_line(tmp_path: Path) -> None:
+    lines = excerpts()
     assert len(lines) == 4
     log = tmp_path / "walkthrough.log"
     log.write_text("\n".join(lines) + "\n")
@@ -35,10 +36,9 @@ def test_elided_excerpts_are_malformed_with_file_and_line(shared: Path, tmp_path
     assert set(result.rejects_by_reason) <= {"invalid-json", "truncated"}
 
 
-def test_repaired_excerpts_show_the_protocols_the_walkthrough_reads(shared: Path) -> None:
+def test_repaired_excerpts_show_the_protocols_the_walkthrough_reads() -> None:
     repaired = [
-        re.sub(r"\.\.\.\.", "", line).replace("{,", "{").replace(",}", "}")
-        for line in excerpts(shared)
+        re.sub(r"\.\.\.\.", "", line).replace("{,", "{").replace(",}", "}") for line in excerpts()
     ]
     texts = [
         orjson.dumps({"start_time": "2022-01-01T00:00:00.000Z", **orjson.loads(t)}).decode()
