@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.conftest import TESTDATA
 from tests.deploy.manifests import (
     DEPLOY,
     K8S_VERSIONS,
@@ -228,14 +229,12 @@ def _generated(root: Path) -> dict[Path, str]:
     return {out.path: out.text for out in outputs}
 
 
-def test_generated_prometheusrule_carries_the_rules_file_groups(
-    scratch_root: Path, shared: Path
-) -> None:
+def test_generated_prometheusrule_carries_the_rules_file_groups(scratch_root: Path) -> None:
     rule = yaml.safe_load(_generated(scratch_root)[generate.PROMETHEUS_RULE])
     assert rule["kind"] == "PrometheusRule"
     assert rule["spec"]["groups"] == yaml.safe_load(RULES)["groups"]
     rule["metadata"]["namespace"] = "wslog-system"
-    validate_custom(rule, load_crds(shared / "schemas" / "crds"))
+    validate_custom(rule, load_crds(TESTDATA / "schemas" / "crds"))
 
 
 def test_generated_dashboard_configmap_is_labelled_for_the_grafana_sidecar(
