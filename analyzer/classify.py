@@ -11,8 +11,8 @@ import polars as pl
 
 from analyzer import naming
 from analyzer.schema import CONNECTION_SCHEMA, conform
-from analyzer.side import connect_rejected
-from analyzer.vocab import Cause, Outcome, Pairing, UpgradePath
+from analyzer.side import connect_rejected, gateway_source
+from analyzer.vocab import Cause, Outcome, Pairing, Side, TransportFailure, UpgradePath
 
 C = pl.col("client")
 S = pl.col("server")
@@ -38,6 +38,7 @@ FIELDS = (
     "response_flags",
     "response_code_details",
     "upstream_host",
+    "upstream_transport_failure_reason",
 )
 
 
@@ -164,6 +165,42 @@ def outcome_and_cause(flag_causes: dict[str, str]) -> tuple[pl.Expr, pl.Expr]:
     return outcome, cause
 
 
+def reported_by() -> pl.Expr:
+    """The side whose entry decided the cause (see ``_deciding``); "" for none or unknown."""
+    server_decides = pl.col("s_source").is_not_null() & (pl.col("s_response_code") != 101)
+    client = pl.when(gateway_source(pl.col("c_source"))).then(pl.lit(Side.GATEWAY.value))
+    return (
+        pl.when(pl.col("cause") == Cause.NONE.value)
+        .then(pl.lit(""))
+        .when(server_decides.fill_null(False))
+        .then(pl.lit(Side.SERVER.value))
+        .when(pl.col("c_source").is_not_null())
+        .then(pl.coalesce(client, pl.lit(Side.CLIENT.value)))
+        .otherwise(pl.lit(""))
+    )
+
+
+# %UPSTREAM_TRANSPORT_FAILURE_REASON% texts (Envoy's and BoringSSL's wording), first match wins.
+TRANSPORT_FAILURES: tuple[tuple[str, TransportFailure], ...] = (
+    (r"(?i)tls|ssl|certificate|secret|handshake", TransportFailure.TLS),
+    (r"(?i)refused|_111\b", TransportFailure.REFUSED),
+    (r"(?i)timeout|timed.out|_110\b", TransportFailure.TIMEOUT),
+)
+
+
+def transport_failure() -> pl.Expr:
+    """How the deciding entry's transport failed (``TRANSPORT_FAILURES``), "" when not logged."""
+    reason = _deciding("upstream_transport_failure_reason")
+    chain: pl.Expr = (
+        pl.when(reason.is_not_null())
+        .then(pl.lit(TransportFailure.OTHER.value))
+        .otherwise(pl.lit(TransportFailure.NONE.value))
+    )
+    for pattern, kind in reversed(TRANSPORT_FAILURES):
+        chain = pl.when(reason.str.contains(pattern)).then(pl.lit(kind.value)).otherwise(chain)
+    return chain
+
+
 def pairing() -> pl.Expr:
     client, server = pl.col("c_source").is_not_null(), pl.col("s_source").is_not_null()
     return (
@@ -232,6 +269,7 @@ def classify(rows: pl.DataFrame, *, keep_query: bool = False) -> pl.DataFrame:
         outcome=outcome,
         cause=cause,
         pairing=pairing(),
+        transport_failure=transport_failure(),
         start_time=_main_side("start_time"),
         duration_ms=_main_side("duration_ms"),
         bytes_sent=_main_side("bytes_sent"),
@@ -239,7 +277,7 @@ def classify(rows: pl.DataFrame, *, keep_query: bool = False) -> pl.DataFrame:
         response_code=_main_side("response_code"),
         attempts=pl.col("server_streams"),
     )
-    return conform(out, CONNECTION_SCHEMA)
+    return conform(out.with_columns(reported_by=reported_by()), CONNECTION_SCHEMA)
 
 
 def websocket_paths(connections: pl.DataFrame) -> pl.DataFrame:

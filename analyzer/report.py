@@ -58,7 +58,9 @@ def failures(connections: pl.DataFrame) -> list[dict[str, Any]]:
     """One record per failure cause and service, with the cause's explanation and remedy."""
     failed = connections.filter(pl.col("outcome").is_in(["failed", "rejected"]))
     grouped = (
-        failed.group_by("destination_service", "outcome", "cause")
+        failed.group_by(
+            "destination_service", "outcome", "cause", "reported_by", "transport_failure"
+        )
         .agg(
             pl.len().alias("connections"),
             pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids"),
@@ -67,7 +69,9 @@ def failures(connections: pl.DataFrame) -> list[dict[str, Any]]:
     )
     records = grouped.to_dicts()
     for record in records:
-        explanation = explain(Cause(record["cause"]))
+        explanation = explain(
+            Cause(record["cause"]), record["reported_by"], record["transport_failure"]
+        )
         record["explanation"] = explanation.summary if explanation else ""
         record["remedy"] = explanation.remedy if explanation else ""
     return records

@@ -77,6 +77,7 @@ ENTRY_BRIEF_FIELDS: tuple[str, ...] = (
     "response_flags",
     "response_code_details",
     "connection_termination_details",
+    "upstream_transport_failure_reason",
     "duration_ms",
     "bytes_received",
     "bytes_sent",
@@ -103,6 +104,8 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "outcome": pl.String(),  # analyzer.vocab.Outcome
     "cause": pl.String(),  # analyzer.vocab.Cause ("" when none)
     "pairing": pl.String(),  # analyzer.vocab.Pairing
+    "reported_by": pl.String(),  # analyzer.vocab.Side of the entry that decided the cause, or ""
+    "transport_failure": pl.String(),  # analyzer.vocab.TransportFailure of that entry
     "evidence": pl.String(),  # why it counts as a WebSocket: 101, upgrade-header, path, ...
     "start_time": UTC_US,
     "duration_ms": pl.Int64(),

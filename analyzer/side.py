@@ -56,11 +56,16 @@ def connect_rejected(prefix: str = "") -> pl.Expr:
     )
 
 
+def gateway_source(source: pl.Expr) -> pl.Expr:
+    """A gateway pod's log: the pod's own identity says it is a gateway."""
+    return source.str.contains("(?i)gateway")
+
+
 def own_side() -> pl.Expr:
     """Step 1: the side an entry's own fields prove, null when they prove none."""
     cluster = pl.col("upstream_cluster")
     return (
-        pl.when(pl.col("source").str.contains("(?i)gateway"))
+        pl.when(gateway_source(pl.col("source")))
         .then(pl.lit(Side.GATEWAY.value))
         .when(cluster.str.starts_with("outbound|"))
         .then(pl.lit(Side.CLIENT.value))

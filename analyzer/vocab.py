@@ -59,6 +59,16 @@ class Pairing(StrEnum):
     UNPAIRED = "unpaired"  # one entry whose side no evidence told (see analyzer.side)
 
 
+class TransportFailure(StrEnum):
+    """What ``%UPSTREAM_TRANSPORT_FAILURE_REASON%`` says, when the format logs it."""
+
+    NONE = ""
+    TLS = "tls"
+    REFUSED = "connection-refused"
+    TIMEOUT = "timeout"
+    OTHER = "other"
+
+
 class LineResult(StrEnum):
     """Every input line is exactly one of these."""
 
@@ -137,8 +147,72 @@ EXPLANATIONS: dict[Cause, Explanation] = {
 }
 
 
-def explain(cause: Cause) -> Explanation | None:
-    """The explanation and remedy of a cause; ``None`` for the empty cause."""
+# Where who logged the failure, or how the transport failed, changes what it means: keyed by
+# (cause, reporter side or "", transport failure or ""), most specific first in ``explain``.
+_CLIENT_CONNECT = Explanation(
+    "The client sidecar got no usable answer from the server's pods: it could not connect (UF) "
+    "or every retry was answered 503 (URX: retries exhausted), which is most often the server "
+    "sidecar failing to reach the app, else the app itself answering 503. The server sidecar's "
+    "log tells which.",
+    "Give wslog the server pod's istio-proxy log too; check the server pods are Running and "
+    "Ready and that the app listens on the Service's targetPort.",
+)
+_TLS_TO_SERVER = Explanation(
+    "The TLS handshake with the server's sidecar failed (upstream_transport_failure_reason): "
+    "an mTLS mismatch (PeerAuthentication STRICT while a DestinationRule sets tls mode DISABLE, "
+    "or a server pod without a sidecar) or a proxy without its certificate yet (\"Secret is not "
+    "supplied by SDS\").",
+    "Run istioctl x describe pod on a server pod; align PeerAuthentication and the "
+    "DestinationRule's trafficPolicy.tls; restart the proxy if its certificate never arrived.",
+)
+_REFUSED_BY_SERVER = Explanation(
+    "The server's pod refused the connection (connection refused): nothing listens on the "
+    "port the client sidecar dialled, or the pod is shutting down.",
+    "Check the Service's port and targetPort against the pods' ports and that the pods are "
+    "Ready (kubectl get endpoints).",
+)
+_TIMEOUT_TO_SERVER = Explanation(
+    "Connecting to the server's pod timed out: a NetworkPolicy or firewall drops the traffic, "
+    "or the pod is overloaded.",
+    "Check NetworkPolicies between the namespaces and the pod's load; the DestinationRule's "
+    "connectionPool.tcp.connectTimeout bounds the wait.",
+)
+VARIANTS: dict[tuple[Cause, str, str], Explanation] = {
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.CLIENT, ""): _CLIENT_CONNECT,
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.GATEWAY, ""): Explanation(
+        "The gateway got no usable answer from the service's pods: it could not connect (UF) "
+        "or every retry was answered 503 (URX).",
+        "Check the service's pods are Running and Ready and listen on its targetPort; give "
+        "wslog their istio-proxy logs to see the server side.",
+    ),
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.CLIENT, TransportFailure.TLS): _TLS_TO_SERVER,
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.GATEWAY, TransportFailure.TLS): _TLS_TO_SERVER,
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.CLIENT, TransportFailure.REFUSED): _REFUSED_BY_SERVER,
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.GATEWAY, TransportFailure.REFUSED): _REFUSED_BY_SERVER,
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.CLIENT, TransportFailure.TIMEOUT): _TIMEOUT_TO_SERVER,
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.GATEWAY, TransportFailure.TIMEOUT): _TIMEOUT_TO_SERVER,
+    (Cause.UPSTREAM_CONNECT_FAILURE, Side.SERVER, TransportFailure.TLS): Explanation(
+        "The server sidecar's connection to the application failed TLS: the app serves TLS on "
+        "a port the Service declares as plain HTTP, or the other way round.",
+        "Name the Service port https-*/tls-* (or set appProtocol) when the app serves TLS, or "
+        "make the app serve plain HTTP behind the sidecar.",
+    ),
+    (Cause.NO_ROUTE, Side.GATEWAY, ""): Explanation(
+        "The gateway has no route for this host and path (NR/NC): no VirtualService bound to "
+        "the Gateway matches it, or its destination host is unknown to the mesh.",
+        "Check the VirtualService's hosts, gateways and match against the request's host and "
+        "path, and that its destination host and port exist.",
+    ),
+}
+
+
+def explain(cause: Cause, reporter: str = "", transport: str = "") -> Explanation | None:
+    """The explanation and remedy of a cause, as the side that logged it (``Side`` value, or
+    "" when unknown) and the transport failure (``TransportFailure``) change it; ``None`` for
+    the empty cause."""
+    for key in ((cause, reporter, transport), (cause, reporter, "")):
+        if key in VARIANTS:
+            return VARIANTS[key]
     return EXPLANATIONS.get(cause)
 
 

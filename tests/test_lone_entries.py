@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from analyzer.cli import run
+from analyzer.report import failures
 from analyzer.vocab import LineResult
+from tests.conftest import TESTDATA
 
 TS = "2020-11-22T20:04:32.765Z"
 # Istio 1.7 TEXT, server sidecar, Istio < 1.10 inbound cluster, the client sent an IP authority
@@ -93,3 +95,40 @@ def test_the_mtls_sni_names_the_destination_when_the_cluster_does_not(tmp_path: 
     line = line.replace(" - default", " outbound_.8080_._.shop.default.svc.cluster.local default")
     (conn,) = analyse(tmp_path, "shop.log", line)
     assert conn["destination_service"] == "shop.default.svc.cluster.local"
+
+
+def _failure(tmp_path: Path, name: str, *lines: str) -> dict[str, object]:
+    log = tmp_path / name
+    log.write_text("".join(f"{line}\n" for line in lines))
+    (record,) = failures(run([str(log)], None, True, False, False, 10.0, 1.0).connections)
+    return record
+
+
+def test_a_tls_failure_at_the_client_sidecar_is_explained_as_tls(tmp_path: Path) -> None:
+    """docs-csm's 503 UF,URX "TLS error: Secret is not supplied by SDS" (Istio 1.8 TEXT)."""
+    lines = (TESTDATA / "real-world" / "cray-hpe-docs-csm-installation-failure.log").read_text()
+    record = _failure(tmp_path, "keycloak-client.log", *lines.splitlines())
+    assert (record["cause"], record["reported_by"], record["transport_failure"]) == (
+        "upstream-connect-failure",
+        "client",
+        "tls",
+    )
+    assert "TLS handshake" in str(record["explanation"])
+    assert "application" not in str(record["explanation"])
+
+
+def test_retries_exhausted_at_the_client_alone_point_at_the_server_sidecars_log(
+    tmp_path: Path,
+) -> None:
+    """The lab's app-down, client log only: 503 URX via_upstream, no UF on this side."""
+    client = (TESTDATA / "lab" / "json" / "app-down" / "client.log").read_text().splitlines()
+    record = _failure(tmp_path, "client.log", *client)
+    assert (record["cause"], record["reported_by"]) == ("upstream-connect-failure", "client")
+    assert "retries exhausted" in str(record["explanation"])
+    assert "server pod's istio-proxy log" in str(record["remedy"])
+
+
+def test_a_gateways_no_route_names_the_gateways_virtualservice(tmp_path: Path) -> None:
+    record = _failure(tmp_path, "istio-ingressgateway-5c9d7b8f4-abcde.log", GATEWAY_NR)
+    assert (record["cause"], record["reported_by"]) == ("no-route", "gateway")
+    assert "Gateway" in str(record["explanation"])
