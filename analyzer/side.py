@@ -2,11 +2,12 @@
 
 In order of strength:
 
-1. The entry's own evidence: a gateway pod's log; the upstream cluster's direction
-   (``outbound|`` = client sidecar, ``inbound|`` = server sidecar); the rejected extended
-   CONNECT signature (only the sidecar receiving the HTTP/2 hop writes it); mTLS SNI
-   ``outbound_.PORT_._.HOST`` (only the receiving sidecar sees it); Istio's inbound bind address
-   ``127.0.0.6`` as the upstream local address.
+1. The entry's own evidence: the upstream cluster's direction (``inbound|`` = server sidecar,
+   ``outbound|`` = client sidecar, or the gateway when a gateway pod's log holds it); the
+   rejected extended CONNECT signature (only the sidecar receiving the HTTP/2 hop writes it);
+   mTLS SNI ``outbound_.PORT_._.HOST`` (only the receiving sidecar sees it); Istio's inbound bind
+   address ``127.0.0.6`` as the upstream local address; a gateway pod's own local reply; a
+   missing route or cluster (``NR``/``NC``), which only the proxy routing into the mesh reports.
 2. What a partner proves, once the connection is complete: an entry without a request id that
    received a client's upstream connection (``correlate.address_partners``) is a server's; an
    entry sharing its connection with entries of one known role only is of the other role.
@@ -64,19 +65,36 @@ def gateway_source(source: pl.Expr) -> pl.Expr:
 def own_side() -> pl.Expr:
     """Step 1: the side an entry's own fields prove, null when they prove none."""
     cluster = pl.col("upstream_cluster")
+    gateway = gateway_source(pl.col("source"))
     return (
-        pl.when(gateway_source(pl.col("source")))
-        .then(pl.lit(Side.GATEWAY.value))
-        .when(cluster.str.starts_with("outbound|"))
-        .then(pl.lit(Side.CLIENT.value))
-        .when(cluster.str.starts_with("inbound"))
+        pl.when(cluster.str.starts_with("inbound"))
         .then(pl.lit(Side.SERVER.value))
+        .when(cluster.str.starts_with("outbound|"))
+        .then(
+            pl.when(gateway).then(pl.lit(Side.GATEWAY.value)).otherwise(pl.lit(Side.CLIENT.value))
+        )
         .when(connect_rejected().fill_null(False))
         .then(pl.lit(Side.SERVER.value))
         .when(pl.col("requested_server_name").str.starts_with(MESH_SNI))
         .then(pl.lit(Side.SERVER.value))
         .when(pl.col("upstream_local_address").str.starts_with(INBOUND_BIND))
         .then(pl.lit(Side.SERVER.value))
+        .when(gateway)
+        .then(pl.lit(Side.GATEWAY.value))
+        .when(no_route())
+        .then(pl.lit(Side.CLIENT.value))
+    )
+
+
+def no_route() -> pl.Expr:
+    """Envoy found no route or cluster: only the proxy routing a request into the mesh (a client
+    sidecar or a gateway) does that; a server sidecar's inbound routes match every host."""
+    flags = pl.col("response_flags").fill_null("").str.split(",")
+    details = pl.col("response_code_details")
+    return (
+        flags.list.contains("NR")
+        | flags.list.contains("NC")
+        | details.is_in(["route_not_found", "cluster_not_found"]).fill_null(False)
     )
 
 

@@ -33,11 +33,16 @@ ENTRIES = ("client", "server", "unsided")
 
 def verdicts(result: AnalysisResult) -> pl.DataFrame:
     """The classified connections without the file names and line numbers their entries came
-    from: what must not change with the shape of the input. Sorted, so frames compare."""
+    from (nor what only a file name tells: a gateway from a client sidecar): what must not change
+    with the shape of the input. Sorted, so frames compare."""
     scalars = [c for c in CONNECTION_SCHEMA if c not in ENTRIES]
     brief = [f for f in ENTRY_BRIEF_FIELDS if f not in ("source", "line_no")]
     fields = [pl.col(e).struct.field(f).alias(f"{e}.{f}") for e in ENTRIES for f in brief]
-    flat = result.connections.select(*scalars, *fields)
+    flat = result.connections.select(*scalars, *fields).with_columns(
+        # Whether the client-side proxy is a gateway comes from its pod's name, which a stream
+        # merging several pods' logs no longer carries: compare the role.
+        pl.col("reported_by").replace("gateway", "client")
+    )
     return flat.sort(flat.columns, nulls_last=True)
 
 

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from analyzer.cli import run
+from analyzer.lab.scenarios import BY_NAME
 from analyzer.report import to_json
 from tests.conftest import ROOT, TESTDATA
 
@@ -33,6 +34,10 @@ EXPECTED: dict[str, tuple[int, str, str, str, bool]] = {
     "long-lived": (1, "h1-h1", "upgraded", "", False),
     "long-lived-typed": (1, "h1-h2", "upgraded", "", False),
     "concurrent-h2": (3, "h1-h2", "upgraded", "", False),
+    "gateway-h1": (1, "h1-h1", "upgraded", "", False),
+    "gateway-h2": (1, "h1-h2", "upgraded", "", False),
+    "gateway-no-route": (1, "unknown", "failed", "no-route", True),
+    "gateway-server-down": (1, "unknown", "failed", "upstream-connect-failure", True),
 }
 
 
@@ -61,7 +66,8 @@ def test_lab_scenario_is_classified_as_its_configuration_predicts(fmt: str, scen
     count, path, outcome, cause, needs_all = EXPECTED[scenario]
     conns = analyse(logs(fmt, scenario), include_all=True)
     assert conns.height == count
-    assert set(conns.get_column("pairing")) == {"paired"}
+    pairing = "client-only" if not BY_NAME[scenario].server_running else "paired"
+    assert set(conns.get_column("pairing")) == {pairing}
     assert set(conns.get_column("upgrade_path")) == {path}
     assert set(conns.get_column("outcome")) == {outcome}
     assert set(conns.get_column("cause")) == {cause}
@@ -97,7 +103,11 @@ def test_all_scenarios_together_in_any_order_give_the_same_connections(fmt: str)
     backward = analyse(paths[::-1], include_all=True)
     expected = sum(count for count, *_ in EXPECTED.values())
     assert forward.height == expected
-    assert set(forward.get_column("pairing")) == {"paired"}
+    one_sided = sum(EXPECTED[s.name][0] for s in BY_NAME.values() if not s.server_running)
+    assert forward.get_column("pairing").value_counts().sort("pairing").rows() == [
+        ("client-only", one_sided),
+        ("paired", expected - one_sided),
+    ]
     columns = ["request_id", "upgrade_path", "outcome", "cause", "pairing", "duration_ms"]
     assert forward.select(columns).sort(columns).equals(backward.select(columns).sort(columns))
 

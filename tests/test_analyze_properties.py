@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from analyzer.correlate import CorrelationSettings
 from analyzer.formats import default_formats
 from analyzer.inputs import InputSet, InputSource
+from analyzer.lab.scenarios import SCENARIOS
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
 from analyzer.vocab import LineResult
 from tests.conftest import TESTDATA, verdicts
@@ -63,7 +64,9 @@ def test_file_order_and_block_boundaries_do_not_change_the_connections(
 ) -> None:
     result = analyse(list(order), block_bytes)
     assert key(result).equals(baseline())
-    assert set(result.connections.get_column("pairing")) == {"paired"}
+    unpaired = result.connections.filter(pl.col("pairing") != "paired")
+    assert set(unpaired.get_column("pairing")) == {"client-only"}
+    assert unpaired.height == sum(not s.server_running for s in SCENARIOS)
 
 
 def _end_seconds(line: str, *, write: bool = True) -> float:

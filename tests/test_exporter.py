@@ -144,7 +144,9 @@ def test_exporter_counts_exactly_what_analyze_finds(fmt: str) -> None:
     assert counted_connections(samples) == expected
     by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
     assert by_result == {k: v for k, v in lines.items() if v}
-    assert sum(expected.values()) == 12  # app-down and app-refuses show no evidence
+    # every lab connection but those showing no WebSocket evidence (app-down, app-refuses,
+    # gateway-no-route, gateway-server-down)
+    assert sum(expected.values()) == 14
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
@@ -200,7 +202,7 @@ def test_series_cap_folds_labels_and_counts_the_overflow() -> None:
     paths = lab_logs("json")
     samples = replay(paths, max_series=1, lines=line_count(paths))
     connection_total = total(samples, "wslog_connections_total")
-    assert connection_total == 12
+    assert connection_total == 14  # as in test_exporter_counts_exactly_what_analyze_finds
     assert total(samples, "wslog_series_overflow_total") > 0
     folded = [labels for labels, _ in samples["wslog_connections_total"]]
     assert any(labels["destination_service"] == "__overflow__" for labels in folded)

@@ -21,6 +21,7 @@ from analyzer.correlate import CorrelationSettings
 from analyzer.decode import decode
 from analyzer.formats import default_formats
 from analyzer.inputs import InputSet, InputSource
+from analyzer.lab.scenarios import BY_NAME
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
 from analyzer.report import render_table
 from analyzer.schema import LINE_SCHEMA, conform
@@ -96,7 +97,8 @@ def test_every_shape_gives_the_two_file_connections(fmt: str, scenario: str) -> 
     client, server = lab_lines(fmt, scenario)
     expected = verdicts(analyse([client, server], 1 << 20))
     assert expected.height > 0
-    assert set(expected.get_column("pairing")) == {"paired"}
+    if BY_NAME[scenario].server_running:
+        assert set(expected.get_column("pairing")) == {"paired"}
     for name, shape in SHAPES.items():
         for block in (64, 1 << 20):
             got = verdicts(analyse(shape(client, server), block))
@@ -148,6 +150,38 @@ def test_an_entry_no_evidence_places_keeps_its_facts(tmp_path: Path) -> None:
     """A local reply without a cluster in a stream holding both sides: side unknown, but the
     connection keeps its code, flags and times, and says it is unpaired."""
     client, server = lab_lines("json", "h1")
+    denied = json.loads(client[0]) | {
+        "upstream_cluster": None,
+        "upstream_host": None,
+        "upstream_local_address": None,
+        "response_code": 403,
+        "response_flags": None,
+        "response_code_details": "rbac_access_denied_matched_policy[none]",
+        "request_id": "denied-1",
+        "duration": 0,
+        "bytes_sent": 19,
+    }
+    stream = [*client, json.dumps(denied), *server]
+    result = analyse([stream], 64, stdin=True)
+    row = result.connections.filter(pl.col("request_id") == "denied-1").row(0, named=True)
+    assert (row["pairing"], row["outcome"], row["response_code"], row["bytes_sent"]) == (
+        "unpaired",
+        "failed",
+        403,
+        19,
+    )
+    assert row["client"] is None and row["server"] is None
+    assert row["unsided"]["response_code_details"].startswith("rbac_access_denied")
+    assert row["start_time"] is not None
+    # Alone in a client pod's log, the same entry is the client's.
+    alone = analyse([[*client, json.dumps(denied)]], 64)
+    row = alone.connections.filter(pl.col("request_id") == "denied-1").row(0, named=True)
+    assert row["pairing"] == "client-only"
+
+
+def test_a_missing_route_is_the_routing_proxys_in_any_stream() -> None:
+    """NR: only the proxy routing into the mesh (client sidecar or gateway) reports it."""
+    client, server = lab_lines("json", "h1")
     nr = json.loads(client[0]) | {
         "upstream_cluster": None,
         "upstream_host": None,
@@ -156,25 +190,15 @@ def test_an_entry_no_evidence_places_keeps_its_facts(tmp_path: Path) -> None:
         "response_flags": "NR",
         "response_code_details": "route_not_found",
         "request_id": "nr-1",
-        "duration": 0,
-        "bytes_sent": 0,
     }
-    stream = [*client, json.dumps(nr), *server]
-    result = analyse([stream], 64, stdin=True)
-    row = result.connections.filter(pl.col("request_id") == "nr-1").row(0, named=True)
-    assert (row["pairing"], row["outcome"], row["cause"], row["response_code"]) == (
-        "unpaired",
-        "failed",
-        "no-route",
-        404,
-    )
-    assert row["client"] is None and row["server"] is None
-    assert row["unsided"]["response_flags"] == "NR"
-    assert row["start_time"] is not None
-    # Alone in a client pod's log, the same entry is the client's.
-    alone = analyse([[*client, json.dumps(nr)]], 64)
-    row = alone.connections.filter(pl.col("request_id") == "nr-1").row(0, named=True)
-    assert (row["pairing"], row["cause"]) == ("client-only", "no-route")
+    for files in ([[*server, json.dumps(nr), *client]], [client, [json.dumps(nr)], server]):
+        result = analyse(files, 64)
+        row = result.connections.filter(pl.col("request_id") == "nr-1").row(0, named=True)
+        assert (row["pairing"], row["cause"], row["response_code"]) == (
+            "client-only",
+            "no-route",
+            404,
+        )
 
 
 def test_merged_dumps_concatenated_out_of_order_are_reported_not_hidden() -> None:

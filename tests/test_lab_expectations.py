@@ -19,7 +19,7 @@ import pytest
 
 from analyzer.istio_formats import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT, WSLOG_EXTRA_FIELDS
 from analyzer.lab.envoy_config import CLIENT_CLUSTER, SERVER_CLUSTER, WSLOG_EXTRA_TEXT
-from analyzer.lab.scenarios import BY_NAME, SCENARIOS, LogFormat
+from analyzer.lab.scenarios import BY_NAME, GATEWAY_HOST, SCENARIOS, LogFormat
 
 Entry = dict[str, Any]
 TESTDATA_LAB = Path(__file__).resolve().parent.parent / "testdata" / "lab"
@@ -272,6 +272,63 @@ def check_concurrent_h2(run: Run) -> None:
     assert all(c["status"] == 101 for c in run.result["connections"])
 
 
+def _assert_through_gateway(gateway: Entry, server: Entry) -> None:
+    """The gateway calls the Service's outbound cluster; the server sidecar takes the client's
+    address from x-forwarded-for (port 0), not the gateway's connection: only the request id
+    joins the two entries."""
+    assert gateway["upstream_cluster"] == CLIENT_CLUSTER
+    assert gateway["route_name"] is None  # istiod names no route for an unnamed VS route
+    assert gateway["authority"] == server["authority"] == f"{GATEWAY_HOST}:8080"
+    assert gateway["request_id"] and gateway["request_id"] == server["request_id"]
+    assert server["downstream_remote_address"] != gateway["upstream_local_address"]
+    assert server["downstream_remote_address"].endswith(":0")
+    assert server["x_forwarded_for"] == gateway["x_forwarded_for"] is not None
+    assert gateway["upstream_host"] == server["downstream_local_address"]
+
+
+def check_gateway_h1(run: Run) -> None:
+    gateway, server = _pair(run)
+    _assert_through_gateway(gateway, server)
+    for entry in (gateway, server):
+        assert (entry["protocol"], entry["response_code"], entry["response_flags"]) == (
+            "HTTP/1.1",
+            101,
+            "UC",
+        )
+    _assert_echoed(run)
+
+
+def check_gateway_h2(run: Run) -> None:
+    gateway, server = _pair(run)
+    _assert_through_gateway(gateway, server)
+    assert (gateway["protocol"], gateway["response_code"], gateway["response_flags"]) == (
+        "HTTP/1.1",
+        101,
+        "UR",
+    )
+    assert (server["protocol"], server["response_code"]) == ("HTTP/2", 101)
+    _assert_echoed(run)
+
+
+def check_gateway_no_route(run: Run) -> None:
+    gateway = _only(run.client)
+    assert run.server == []
+    assert (gateway["response_code"], gateway["response_flags"]) == (404, "NR")
+    assert gateway["response_code_details"] == "route_not_found"
+    assert gateway["upstream_cluster"] is None and gateway["upstream_host"] is None
+    assert run.seen["status"] == 404
+
+
+def check_gateway_server_down(run: Run) -> None:
+    gateway = _only(run.client)
+    assert run.server == []
+    assert gateway["upstream_cluster"] == CLIENT_CLUSTER
+    assert gateway["response_code"] == 503
+    assert set(gateway["response_flags"].split(",")) == {"UF", "URX"}
+    assert "Connection_refused" in gateway["upstream_transport_failure_reason"]
+    assert run.seen["status"] == 503
+
+
 CHECKS: dict[str, Callable[[Run], None]] = {
     "h1": check_h1,
     "h2": check_h2,
@@ -285,6 +342,10 @@ CHECKS: dict[str, Callable[[Run], None]] = {
     "long-lived": check_long_lived,
     "long-lived-typed": check_long_lived_typed,
     "concurrent-h2": check_concurrent_h2,
+    "gateway-h1": check_gateway_h1,
+    "gateway-h2": check_gateway_h2,
+    "gateway-no-route": check_gateway_no_route,
+    "gateway-server-down": check_gateway_server_down,
 }
 
 CASES = [(s.name, f) for s in SCENARIOS for f in LogFormat]
@@ -314,6 +375,9 @@ def test_text_parser_rejects_a_line_of_another_format() -> None:
         ("concurrent-h2", "h2"),
         ("client-drop-h2", "client-drop"),
         ("client-drop", "h1"),
+        ("gateway-h1", "h1"),
+        ("gateway-h2", "gateway-h1"),
+        ("gateway-no-route", "gateway-server-down"),
     ],
 )
 def test_a_check_fails_on_another_scenarios_logs(check: str, other: str) -> None:

@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.http11 import Response
 
 from analyzer.lab.envoy_config import FQDN, SERVICE_PORT
-from analyzer.lab.scenarios import ClientMode, Scenario
+from analyzer.lab.scenarios import GATEWAY_HOST, ClientMode, Front, Scenario
 
 MESSAGES = ("hello", "world")
 STEP_TIMEOUT_S = 5.0
@@ -33,7 +33,9 @@ class ConnectionResult:
 
 
 def url_for(scenario: Scenario, index: int) -> str:
-    return f"ws://{FQDN}:{SERVICE_PORT}/{scenario.name}/{index}"
+    """The Service's name through a sidecar, the Gateway's host through a gateway."""
+    usual = GATEWAY_HOST if scenario.front is Front.GATEWAY else FQDN
+    return f"ws://{scenario.host or usual}:{SERVICE_PORT}/{scenario.name}/{index}"
 
 
 def _recording(statuses: list[int]) -> type[ClientConnection]:

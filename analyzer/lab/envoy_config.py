@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from analyzer.istio_formats import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT, WSLOG_EXTRA_FIELDS
-from analyzer.lab.scenarios import LogFormat, Scenario
+from analyzer.lab.scenarios import GATEWAY_HOST, Front, LogFormat, Scenario
 from analyzer.vocab import Hop
 
 Config = dict[str, Any]
@@ -107,7 +107,14 @@ def _address(port: int) -> Config:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _hcm(stat_prefix: str, route_config: Config, logs: list[Config], scenario: Scenario) -> Config:
+def _hcm(
+    stat_prefix: str,
+    route_config: Config,
+    logs: list[Config],
+    scenario: Scenario,
+    *,
+    remote_address: bool = False,
+) -> Config:
     hcm: Config = {
         "@type": _HCM_TYPE,
         "stat_prefix": stat_prefix,
@@ -117,7 +124,7 @@ def _hcm(stat_prefix: str, route_config: Config, logs: list[Config], scenario: S
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}}
         ],
         "upgrade_configs": [{"upgrade_type": "websocket"}],
-        "use_remote_address": False,
+        "use_remote_address": remote_address,
         "generate_request_id": True,
         "normalize_path": True,
         "server_name": "istio-envoy",
@@ -216,3 +223,50 @@ def server_bootstrap(scenario: Scenario, ports: Ports, log_path: str, fmt: LogFo
     return _bootstrap(
         node, ports.server_admin, listener, _static_cluster(SERVER_CLUSTER, ports.app)
     )
+
+
+def gateway_route_config(scenario: Scenario) -> Config:
+    """What istiod makes of the Gateway and VirtualService: one virtual host for the Gateway's
+    host, routed to the Service's outbound cluster with Istio's default retries."""
+    route = {
+        "cluster": CLIENT_CLUSTER,
+        "timeout": "0s",
+        "retry_policy": istio_retry_policy(),
+        "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
+    }
+    virtual_host = {
+        "name": f"{GATEWAY_HOST}:{SERVICE_PORT}",
+        "domains": [GATEWAY_HOST, f"{GATEWAY_HOST}:*"],
+        "routes": [{"match": {"prefix": "/"}, "route": route}],
+        "include_request_attempt_count": True,
+    }
+    return {
+        "name": f"http.{SERVICE_PORT}",
+        "virtual_hosts": [virtual_host],
+        "validate_clusters": False,
+    }
+
+
+def gateway_bootstrap(scenario: Scenario, ports: Ports, log_path: str, fmt: LogFormat) -> Config:
+    """An Istio ingress gateway (router node) in front of the server sidecar: listener
+    ``0.0.0.0_8080``, the Service's ``outbound|...`` cluster, the client's address kept."""
+    logs = access_log(log_path, scenario, fmt)
+    route_config = gateway_route_config(scenario)
+    hcm = _hcm(
+        f"outbound_0.0.0.0_{SERVICE_PORT}", route_config, logs, scenario, remote_address=True
+    )
+    cluster = _static_cluster(CLIENT_CLUSTER, ports.server_inbound)
+    cluster["typed_extension_protocol_options"] = client_cluster_protocol_options(scenario)
+    listener = _listener(f"0.0.0.0_{SERVICE_PORT}", ports.client_outbound, hcm)
+    node = (
+        "router~127.0.0.1~istio-ingressgateway-6d8f9c7b5-x7k2p.istio-system~"
+        "istio-system.svc.cluster.local"
+    )
+    return _bootstrap(node, ports.client_admin, listener, cluster)
+
+
+def front_bootstrap(scenario: Scenario, ports: Ports, log_path: str, fmt: LogFormat) -> Config:
+    """The proxy the client enters through: its sidecar, or an ingress gateway."""
+    if scenario.front is Front.GATEWAY:
+        return gateway_bootstrap(scenario, ports, log_path, fmt)
+    return client_bootstrap(scenario, ports, log_path, fmt)

@@ -8,6 +8,7 @@ is bounded in time as a whole; whatever happens, its processes are stopped befor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from analyzer.lab.apps import run_app
 from analyzer.lab.client import ConnectionResult, run_client
-from analyzer.lab.envoy_config import Ports, client_bootstrap, server_bootstrap
+from analyzer.lab.envoy_config import Ports, front_bootstrap, server_bootstrap
 from analyzer.lab.processes import LabError, PortAllocator, Sidecar
-from analyzer.lab.scenarios import LogFormat, Scenario
+from analyzer.lab.scenarios import Front, LogFormat, Scenario
 
 LOG_SETTLE_S = 0.3
 POLL_S = 0.05
@@ -110,16 +111,18 @@ async def _exercise(
     """Start app and sidecars, run the client, wait for the logs; stop everything on the way out."""
     directory = settings.out / scenario.name
     logs = (directory / "client.log", directory / "server.log")
-    server_config = server_bootstrap(scenario, ports, str(logs[1]), settings.fmt)
-    client_config = client_bootstrap(scenario, ports, str(logs[0]), settings.fmt)
-    async with (
-        run_app(scenario.app, ports.app),
-        Sidecar("server", settings.envoy, server_config, ports.server_admin) as server,
-        Sidecar("client", settings.envoy, client_config, ports.client_admin) as client,
-    ):
+    client_config = front_bootstrap(scenario, ports, str(logs[0]), settings.fmt)
+    async with contextlib.AsyncExitStack() as stack:
+        front = "gateway" if scenario.front is Front.GATEWAY else "client"
+        envoys = [Sidecar(front, settings.envoy, client_config, ports.client_admin)]
+        if scenario.server_running:
+            await stack.enter_async_context(run_app(scenario.app, ports.app))
+            server_config = server_bootstrap(scenario, ports, str(logs[1]), settings.fmt)
+            envoys.append(Sidecar("server", settings.envoy, server_config, ports.server_admin))
+        started = [await stack.enter_async_context(envoy) for envoy in reversed(envoys)]
         phase.enter("waiting for envoy")
         bound = settings.ready_timeout_s
-        await asyncio.gather(server.wait_ready(bound), client.wait_ready(bound))
+        await asyncio.gather(*(envoy.wait_ready(bound) for envoy in started))
         phase.enter("client")
         results = await run_client(scenario, ports.client_outbound)
         _write_result(directory / "client-result.json", scenario, results)

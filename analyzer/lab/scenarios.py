@@ -30,6 +30,13 @@ class ClientMode(StrEnum):
     HOLD = "hold"
 
 
+class Front(StrEnum):
+    """The proxy the client's request enters the mesh through."""
+
+    SIDECAR = "sidecar"  # the client pod's sidecar (outbound listener)
+    GATEWAY = "gateway"  # an Istio ingress gateway (its log is the scenario's client.log)
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     TEXT = "text"
@@ -112,6 +119,32 @@ spec:
 """
 )
 
+GATEWAY_HOST = "websockets.example.com"
+
+GATEWAY_YAML = f"""\
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: websockets-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {{number: 8080, name: http, protocol: HTTP}}
+    hosts: ["{GATEWAY_HOST}"]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: websockets-server
+spec:
+  hosts: ["{GATEWAY_HOST}"]
+  gateways: ["websockets-gateway"]
+  http:
+  - route:
+    - destination: {{host: websockets-server, port: {{number: 8080}}}}
+"""
+
 MESHCONFIG_TYPED_FORMAT = """\
 # meshConfig (IstioOperator / istio configmap): Istio's JSON keys plus wslog's extra fields
 meshConfig:
@@ -146,6 +179,9 @@ class Scenario:
     hold_ms: int = 0
     periodic_log: bool = False
     typed_format: bool = False
+    front: Front = Front.SIDECAR
+    host: str | None = None  # the Host the client dials, when not the front's usual one
+    server_running: bool = True  # False: no server pod (sidecar and app) at all
 
 
 ONE = Expected(client=1, server=1)
@@ -271,6 +307,49 @@ SCENARIOS: tuple[Scenario, ...] = (
         connections=3,
         hold_ms=300,
         expected=Expected(client=3, server=3),
+    ),
+)
+
+SCENARIOS += (
+    Scenario(
+        name="gateway-h1",
+        mirrors="Gateway + VirtualService to the Service; DestinationRule DO_NOT_UPGRADE",
+        shows="WebSocket through an ingress gateway: the gateway writes the client-side entry",
+        istio_yaml=GATEWAY_YAML + "---\n" + DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        front=Front.GATEWAY,
+        expected=ONE,
+    ),
+    Scenario(
+        name="gateway-h2",
+        mirrors="Gateway + VirtualService; UPGRADE + EnvoyFilter allow_connect (server)",
+        shows="gateway-to-sidecar hop over HTTP/2 extended CONNECT",
+        istio_yaml=GATEWAY_YAML + "---\n" + _H2_YAML,
+        hop=Hop.H2,
+        allow_connect=True,
+        front=Front.GATEWAY,
+        expected=ONE,
+    ),
+    Scenario(
+        name="gateway-no-route",
+        mirrors="Gateway + VirtualService; the client dials a host no VirtualService binds",
+        shows="the gateway's own 404 NR: no cluster, no server entry",
+        istio_yaml=GATEWAY_YAML,
+        hop=Hop.H1,
+        front=Front.GATEWAY,
+        host="unknown.example.com",
+        server_running=False,
+        expected=Expected(client=1, server=0),
+    ),
+    Scenario(
+        name="gateway-server-down",
+        mirrors="Gateway + VirtualService; no server pod answers (all endpoints gone)",
+        shows="the gateway's 503 UF,URX after Istio's retries, no server entry",
+        istio_yaml=GATEWAY_YAML + "---\n" + DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        front=Front.GATEWAY,
+        server_running=False,
+        expected=Expected(client=1, server=0),
     ),
 )
 
