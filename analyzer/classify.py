@@ -106,7 +106,13 @@ def _answered_upstream() -> pl.Expr:
 
 
 def _connect_rejected() -> pl.Expr:
-    server_sig = pl.col("s_source").is_not_null() & connect_rejected("s_")
+    """A sidecar refused an HTTP/2 extended CONNECT: an entry with the signature on either side
+    (the server sidecar on an HTTP/2 mesh hop; the client sidecar when its app speaks HTTP/2),
+    or, with no server entry, the client's 503 after the server reset an HTTP/2 stream."""
+    refused = [
+        (pl.col(f"{p}_source").is_not_null() & connect_rejected(f"{p}_")).fill_null(False)
+        for p in ("s", "c", "u")
+    ]
     client_sig = (
         pl.col("s_source").is_null()
         & (pl.col("c_upstream_protocol") == "HTTP/2")
@@ -115,7 +121,7 @@ def _connect_rejected() -> pl.Expr:
             "upstream_reset_before_response_started"
         )
     )
-    return server_sig.fill_null(False) | client_sig.fill_null(False)
+    return pl.any_horizontal(*refused, client_sig.fill_null(False))
 
 
 def _upgraded() -> pl.Expr:

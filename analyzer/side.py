@@ -3,14 +3,17 @@
 In order of strength:
 
 1. The entry's own evidence: the upstream cluster's direction (``inbound|`` = server sidecar,
-   ``outbound|`` = client sidecar, or the gateway when a gateway pod's log holds it); the
-   rejected extended CONNECT signature (only the sidecar receiving the HTTP/2 hop writes it);
-   mTLS SNI ``outbound_.PORT_._.HOST`` (only the receiving sidecar sees it); Istio's inbound bind
-   address ``127.0.0.6`` as the upstream local address; a gateway pod's own local reply; a
-   missing route or cluster (``NR``/``NC``), which only the proxy routing into the mesh reports.
+   ``outbound|`` = client sidecar, or the gateway when a gateway pod's log holds it); mTLS SNI
+   ``outbound_.PORT_._.HOST`` (only the receiving sidecar sees it); Istio's inbound bind address
+   ``127.0.0.6`` as the upstream local address; a gateway pod's own local reply; a missing route
+   or cluster (``NR``/``NC``), which only the proxy routing into the mesh reports.
 2. What a partner proves, once the connection is complete: an entry without a request id that
    received a client's upstream connection (``correlate.address_partners``) is a server's; an
    entry sharing its connection with entries of one known role only is of the other role.
+   The rejected extended CONNECT (``DPE``, no request id) is decided here, not in step 1: the
+   lab shows a client sidecar writing the same entry when its app speaks HTTP/2 and the
+   sidecar does not allow extended CONNECT; only a client entry whose upstream connection it
+   received makes it the server's.
 3. Its source, only when that source showed exactly one side among all entries that ended by
    this entry's horizon (its end plus the correlation window). The correlator applies this when
    it releases the connection, which the watermark allows only once everything up to that
@@ -73,8 +76,6 @@ def own_side() -> pl.Expr:
         .then(
             pl.when(gateway).then(pl.lit(Side.GATEWAY.value)).otherwise(pl.lit(Side.CLIENT.value))
         )
-        .when(connect_rejected().fill_null(False))
-        .then(pl.lit(Side.SERVER.value))
         .when(pl.col("requested_server_name").str.starts_with(MESH_SNI))
         .then(pl.lit(Side.SERVER.value))
         .when(pl.col("upstream_local_address").str.starts_with(INBOUND_BIND))

@@ -197,6 +197,24 @@ VARIANTS: dict[tuple[Cause, str, str], Explanation] = {
         "Name the Service port https-*/tls-* (or set appProtocol) when the app serves TLS, or "
         "make the app serve plain HTTP behind the sidecar.",
     ),
+    (Cause.H2_CONNECT_NOT_ALLOWED, Side.CLIENT, ""): Explanation(
+        "The client sidecar refused its application's HTTP/2 extended CONNECT (RFC 8441) with a "
+        "stream reset (DPE, http2.invalid.header.field): the app speaks WebSocket over HTTP/2 and "
+        "Istio does not set allow_connect on the sidecar's outbound listener.",
+        "Apply an EnvoyFilter on the client workload that merges http2_protocol_options."
+        "allow_connect: true into its SIDECAR_OUTBOUND http_connection_manager, or make the app "
+        "open its WebSockets over HTTP/1.1.",
+    ),
+    (Cause.H2_CONNECT_NOT_ALLOWED, "", ""): Explanation(
+        "A sidecar refused an HTTP/2 extended CONNECT (DPE, http2.invalid.header.field), and "
+        "nothing in the input says which: the server sidecar on an HTTP/2 mesh hop "
+        "(h2UpgradePolicy: UPGRADE) when a client entry answered 503 for it, else the client "
+        "sidecar refusing its own app's HTTP/2 WebSocket.",
+        "Give wslog both sidecars' logs (each pod's log as its own file, or kubectl logs "
+        "--prefix). The fix is allow_connect: true on the refusing sidecar's "
+        "http_connection_manager (SIDECAR_INBOUND for the server, SIDECAR_OUTBOUND for the "
+        "client), or DestinationRule h2UpgradePolicy: DO_NOT_UPGRADE for the mesh hop.",
+    ),
     (Cause.NO_ROUTE, Side.GATEWAY, ""): Explanation(
         "The gateway has no route for this host and path (NR/NC): no VirtualService bound to "
         "the Gateway matches it, or its destination host is unknown to the mesh.",

@@ -146,7 +146,7 @@ def test_exporter_counts_exactly_what_analyze_finds(fmt: str) -> None:
     assert by_result == {k: v for k, v in lines.items() if v}
     # every lab connection but those showing no WebSocket evidence (app-down, app-refuses,
     # gateway-no-route, gateway-server-down)
-    assert sum(expected.values()) == 14
+    assert sum(expected.values()) == 17
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])
@@ -202,7 +202,7 @@ def test_series_cap_folds_labels_and_counts_the_overflow() -> None:
     paths = lab_logs("json")
     samples = replay(paths, max_series=1, lines=line_count(paths))
     connection_total = total(samples, "wslog_connections_total")
-    assert connection_total == 14  # as in test_exporter_counts_exactly_what_analyze_finds
+    assert connection_total == 17  # as in test_exporter_counts_exactly_what_analyze_finds
     assert total(samples, "wslog_series_overflow_total") > 0
     folded = [labels for labels, _ in samples["wslog_connections_total"]]
     assert any(labels["destination_service"] == "__overflow__" for labels in folded)

@@ -329,6 +329,45 @@ def check_gateway_server_down(run: Run) -> None:
     assert run.seen["status"] == 503
 
 
+def check_app_h2_no_allow_connect(run: Run) -> None:
+    """The client sidecar writes the very entry a server sidecar writes for a refused CONNECT."""
+    refused = _only(run.client)
+    assert run.server == []
+    assert (refused["protocol"], refused["response_code"], refused["response_flags"]) == (
+        "HTTP/2",
+        0,
+        "DPE",
+    )
+    assert refused["response_code_details"] == "http2.invalid.header.field"
+    assert refused["method"] is None and refused["request_id"] is None
+    assert refused["upstream_cluster"] is None
+    assert run.seen["status"] == 503
+
+
+def _assert_h2_app(client: Entry, server: Entry, mesh_protocol: str) -> None:
+    _assert_same_request(client, server)
+    assert (client["protocol"], client["response_code"]) == ("HTTP/2", 101)
+    assert (server["protocol"], server["response_code"], server["response_flags"]) == (
+        mesh_protocol,
+        101,
+        "UC",
+    )
+
+
+def check_h2_h1(run: Run) -> None:
+    client, server = _pair(run)
+    _assert_h2_app(client, server, "HTTP/1.1")
+    assert client["response_flags"] == "UC"
+    _assert_echoed(run)
+
+
+def check_h2_h2(run: Run) -> None:
+    client, server = _pair(run)
+    _assert_h2_app(client, server, "HTTP/2")
+    assert client["response_flags"] == "UR"
+    _assert_echoed(run)
+
+
 CHECKS: dict[str, Callable[[Run], None]] = {
     "h1": check_h1,
     "h2": check_h2,
@@ -346,6 +385,9 @@ CHECKS: dict[str, Callable[[Run], None]] = {
     "gateway-h2": check_gateway_h2,
     "gateway-no-route": check_gateway_no_route,
     "gateway-server-down": check_gateway_server_down,
+    "app-h2-no-allow-connect": check_app_h2_no_allow_connect,
+    "h2-h1": check_h2_h1,
+    "h2-h2": check_h2_h2,
 }
 
 CASES = [(s.name, f) for s in SCENARIOS for f in LogFormat]
@@ -378,6 +420,9 @@ def test_text_parser_rejects_a_line_of_another_format() -> None:
         ("gateway-h1", "h1"),
         ("gateway-h2", "gateway-h1"),
         ("gateway-no-route", "gateway-server-down"),
+        ("app-h2-no-allow-connect", "h2-no-allow-connect"),
+        ("h2-h1", "h1"),
+        ("h2-h2", "h2"),
     ],
 )
 def test_a_check_fails_on_another_scenarios_logs(check: str, other: str) -> None:

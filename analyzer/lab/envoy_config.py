@@ -48,6 +48,8 @@ class Ports:
     server_admin: int
     client_outbound: int
     client_admin: int
+    app_proxy: int = 0  # the HTTP/2 client app's own proxy (``app_protocol`` h2)
+    app_proxy_admin: int = 0
 
 
 def istio_retry_policy() -> Config:
@@ -204,6 +206,8 @@ def client_bootstrap(scenario: Scenario, ports: Ports, log_path: str, fmt: LogFo
     """The client sidecar: outbound listener for the Service port, cluster to the server sidecar."""
     logs = access_log(log_path, scenario, fmt)
     hcm = _hcm(f"outbound_0.0.0.0_{SERVICE_PORT}", client_route_config(scenario), logs, scenario)
+    if scenario.client_allow_connect:  # the EnvoyFilter on SIDECAR_OUTBOUND
+        hcm["http2_protocol_options"] = {"allow_connect": True}
     cluster = _static_cluster(CLIENT_CLUSTER, ports.server_inbound)
     cluster["typed_extension_protocol_options"] = client_cluster_protocol_options(scenario)
     listener = _listener(f"0.0.0.0_{SERVICE_PORT}", ports.client_outbound, hcm)
@@ -270,3 +274,35 @@ def front_bootstrap(scenario: Scenario, ports: Ports, log_path: str, fmt: LogFor
     if scenario.front is Front.GATEWAY:
         return gateway_bootstrap(scenario, ports, log_path, fmt)
     return client_bootstrap(scenario, ports, log_path, fmt)
+
+
+def app_proxy_bootstrap(ports: Ports) -> Config:
+    """The client application's side of an HTTP/2 app: takes the test client's HTTP/1.1
+    WebSocket and speaks HTTP/2 extended CONNECT (RFC 8441) to the client sidecar, as an app
+    with an HTTP/2 WebSocket client would. It writes no access log: it is the app, not the mesh."""
+    route = {"cluster": "app-to-sidecar", "timeout": "0s"}
+    virtual_host = {
+        "name": "app",
+        "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"}, "route": route}],
+    }
+    hcm: Config = {
+        "@type": _HCM_TYPE,
+        "stat_prefix": "app",
+        "codec_type": "HTTP1",
+        "route_config": {"name": "app", "virtual_hosts": [virtual_host]},
+        "http_filters": [
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}}
+        ],
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+    }
+    cluster = _static_cluster("app-to-sidecar", ports.client_outbound)
+    cluster["typed_extension_protocol_options"] = {
+        _HTTP_OPTIONS: {
+            "@type": "type.googleapis.com/" + _HTTP_OPTIONS,
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    listener = _listener("app", ports.app_proxy, hcm)
+    node = "app~127.0.0.1~websockets-client-sleep.default~default.svc.cluster.local"
+    return _bootstrap(node, ports.app_proxy_admin, listener, cluster)

@@ -17,9 +17,15 @@ from pathlib import Path
 
 from analyzer.lab.apps import run_app
 from analyzer.lab.client import ConnectionResult, run_client
-from analyzer.lab.envoy_config import Ports, front_bootstrap, server_bootstrap
+from analyzer.lab.envoy_config import (
+    Ports,
+    app_proxy_bootstrap,
+    front_bootstrap,
+    server_bootstrap,
+)
 from analyzer.lab.processes import LabError, PortAllocator, Sidecar
 from analyzer.lab.scenarios import Front, LogFormat, Scenario
+from analyzer.vocab import Hop
 
 LOG_SETTLE_S = 0.3
 POLL_S = 0.05
@@ -102,7 +108,7 @@ def _write_result(path: Path, scenario: Scenario, results: tuple[ConnectionResul
 
 
 def _allocate(ports: PortAllocator) -> Ports:
-    return Ports(*(ports.take() for _ in range(5)))
+    return Ports(*(ports.take() for _ in range(7)))
 
 
 async def _exercise(
@@ -119,12 +125,17 @@ async def _exercise(
             await stack.enter_async_context(run_app(scenario.app, ports.app))
             server_config = server_bootstrap(scenario, ports, str(logs[1]), settings.fmt)
             envoys.append(Sidecar("server", settings.envoy, server_config, ports.server_admin))
+        entry_port = ports.client_outbound
+        if scenario.app_protocol is Hop.H2:
+            app_proxy = app_proxy_bootstrap(ports)
+            envoys.insert(0, Sidecar("app", settings.envoy, app_proxy, ports.app_proxy_admin))
+            entry_port = ports.app_proxy
         started = [await stack.enter_async_context(envoy) for envoy in reversed(envoys)]
         phase.enter("waiting for envoy")
         bound = settings.ready_timeout_s
         await asyncio.gather(*(envoy.wait_ready(bound) for envoy in started))
         phase.enter("client")
-        results = await run_client(scenario, ports.client_outbound)
+        results = await run_client(scenario, entry_port)
         _write_result(directory / "client-result.json", scenario, results)
         phase.enter("waiting for log entries")
         wanted = (scenario.expected.client, scenario.expected.server)

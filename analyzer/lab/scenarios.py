@@ -145,6 +145,12 @@ spec:
     - destination: {{host: websockets-server, port: {{number: 8080}}}}
 """
 
+ENVOYFILTER_CLIENT_ALLOW_CONNECT = (
+    ENVOYFILTER_ALLOW_CONNECT.replace("name: h2-upgrade-wss", "name: h2-websocket-from-app")
+    .replace("app: websockets-server", "app: websockets-client")
+    .replace("context: SIDECAR_INBOUND", "context: SIDECAR_OUTBOUND")
+)
+
 MESHCONFIG_TYPED_FORMAT = """\
 # meshConfig (IstioOperator / istio configmap): Istio's JSON keys plus wslog's extra fields
 meshConfig:
@@ -182,6 +188,8 @@ class Scenario:
     front: Front = Front.SIDECAR
     host: str | None = None  # the Host the client dials, when not the front's usual one
     server_running: bool = True  # False: no server pod (sidecar and app) at all
+    app_protocol: Hop = Hop.H1  # what the client app speaks to its sidecar
+    client_allow_connect: bool = False  # EnvoyFilter allow_connect on the client's outbound HCM
 
 
 ONE = Expected(client=1, server=1)
@@ -350,6 +358,41 @@ SCENARIOS += (
         front=Front.GATEWAY,
         server_running=False,
         expected=Expected(client=1, server=0),
+    ),
+)
+
+SCENARIOS += (
+    Scenario(
+        name="app-h2-no-allow-connect",
+        mirrors="the client app speaks HTTP/2 extended CONNECT; Istio's client sidecar as it is",
+        shows="the client sidecar refuses the app's extended CONNECT (DPE): no allow_connect on "
+        "SIDECAR_OUTBOUND either",
+        istio_yaml=DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        app_protocol=Hop.H2,
+        server_running=False,
+        expected=Expected(client=1, server=0),
+    ),
+    Scenario(
+        name="h2-h1",
+        mirrors="HTTP/2 client app + EnvoyFilter allow_connect on SIDECAR_OUTBOUND; DO_NOT_UPGRADE",
+        shows="app-to-sidecar hop HTTP/2, sidecar-to-sidecar HTTP/1.1",
+        istio_yaml=ENVOYFILTER_CLIENT_ALLOW_CONNECT + "---\n" + DR_DO_NOT_UPGRADE,
+        hop=Hop.H1,
+        app_protocol=Hop.H2,
+        client_allow_connect=True,
+        expected=ONE,
+    ),
+    Scenario(
+        name="h2-h2",
+        mirrors="HTTP/2 client app + allow_connect on both sidecars; UPGRADE",
+        shows="HTTP/2 extended CONNECT on both hops",
+        istio_yaml=ENVOYFILTER_CLIENT_ALLOW_CONNECT + "---\n" + _H2_YAML,
+        hop=Hop.H2,
+        allow_connect=True,
+        app_protocol=Hop.H2,
+        client_allow_connect=True,
+        expected=ONE,
     ),
 )
 
