@@ -31,9 +31,23 @@ def sni_service(sni: pl.Expr) -> pl.Expr:
     return pl.when(fqdn.str.len_chars() > 0).then(fqdn)
 
 
+# A DNS name (RFC 1123 labels, 253 characters at most) that is not an IPv4 address.
+_DNS_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$"
+_IPV4 = r"^[0-9.]+$"
+MAX_NAME = 253
+
+
 def authority_service(authority: pl.Expr) -> pl.Expr:
-    """``svc.ns.svc.cluster.local:8080`` or ``svc:8080`` -> host without the port."""
-    return authority.str.replace(r":\d+$", "").str.to_lowercase()
+    """``svc.ns.svc.cluster.local:8080`` or ``svc:8080`` -> host without the port, lowercase;
+    null unless it is a DNS name: the client chose this value, so an address, an overlong or
+    malformed host never becomes a service name (nor a metric label)."""
+    host = authority.str.replace(r":\d+$", "").str.to_lowercase()
+    valid = (
+        (host.str.len_chars() <= MAX_NAME)
+        & host.str.contains(_DNS_NAME)
+        & ~host.str.contains(_IPV4)
+    )
+    return pl.when(valid).then(host.str.strip_suffix("."))
 
 
 def service_namespace(service: pl.Expr) -> pl.Expr:

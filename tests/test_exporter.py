@@ -310,3 +310,28 @@ def test_bad_settings_exit_2_with_the_fix(args: list[str], message: str) -> None
     )
     assert proc.returncode == 2
     assert message in proc.stderr.decode()
+
+
+def test_client_chosen_hosts_never_become_labels(tmp_path: Path) -> None:
+    """Server-only WebSockets whose Host the client chose (issue: exporter under attack): 8 KB
+    hosts, addresses and malformed names fold into "unknown"; /metrics stays small."""
+    template = json.loads((TESTDATA / "lab" / "json" / "h1" / "server.log").read_text())
+    hosts = ["a" * 60 + f".{i}" * 2000 for i in range(100)]  # 8 KB of valid-looking labels
+    hosts += [f"10.244.{i}.17:8080" for i in range(100)] + ["bad_host:80", "[::1]:8080"]
+    lines = [
+        json.dumps(template | {"authority": host, "request_id": f"attack-{i}"})
+        for i, host in enumerate(hosts)
+    ]
+    (tmp_path / "server.log").write_text("\n".join(lines) + "\n")
+    exporter = Exporter([str(tmp_path / "server.log")])
+    try:
+        samples = exporter.settle(len(lines))
+        assert exporter.port is not None
+        with urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=5) as r:
+            size = len(r.read())
+    finally:
+        exporter.close()
+    services = {labels["destination_service"] for labels, _ in samples["wslog_connections_total"]}
+    assert services == {UNKNOWN}
+    assert total(samples, "wslog_connections_total") == len(hosts)
+    assert size < 64 * 1024, f"/metrics is {size} bytes"
