@@ -102,7 +102,12 @@ class Deframer:
         return self._feed_block(block, cut)
 
     def feed_lines(self, lines: Sequence[str] | pl.Series, *, strip_cr: bool = True) -> Framed:
-        """Deframe complete lines (without their newlines)."""
+        """Deframe complete lines (without their newlines). Lines a source decoded with
+        ``surrogateescape`` (bytes that are not UTF-8) are rejected as ``encoding``, one rule
+        for every source."""
+        if not isinstance(lines, pl.Series) and not _utf8(lines):
+            raws = (line.encode("utf-8", errors="surrogateescape") for line in lines)
+            return self._feed_undecodable(b"\n".join(raws))
         texts = lines.rename("text") if isinstance(lines, pl.Series) else pl.Series("text", lines)
         texts = texts.cast(pl.String)
         if strip_cr:
@@ -318,3 +323,12 @@ def _reject_row(
 def _concat(frames: Sequence[pl.DataFrame], schema: dict[str, pl.DataType]) -> pl.DataFrame:
     frames = [f for f in frames if f.height]
     return pl.concat(frames) if frames else empty(schema)
+
+
+def _utf8(lines: Sequence[str]) -> bool:
+    """Whether every line is valid text (no lone surrogates standing for undecodable bytes)."""
+    try:
+        "\n".join(lines).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

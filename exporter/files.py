@@ -26,6 +26,7 @@ from exporter.sources import (
     RestartReason,
     Sink,
     SourceEvents,
+    decode_line,
     emit,
     split_lines,
 )
@@ -99,7 +100,7 @@ class FileFollower:
         """The file will not grow any more: its partial trailing line is a line after all."""
         lines = self.read_available()
         if self._pending:
-            lines.append(self._pending.decode("utf-8", errors="replace"))
+            lines.append(decode_line(self._pending))
             self._pending = b""
         return lines
 

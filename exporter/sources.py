@@ -28,6 +28,7 @@ __all__ = [
     "SourceError",
     "SourceEvents",
     "StdinSource",
+    "decode_line",
     "emit",
     "split_lines",
 ]
@@ -147,14 +148,16 @@ def split_lines(pending: bytes, data: bytes) -> tuple[list[str], bytes]:
     end = buf.rfind(b"\n")
     if end < 0:
         return [], buf
-    lines = [_decode(raw) for raw in buf[:end].split(b"\n")]
+    lines = [decode_line(raw) for raw in buf[:end].split(b"\n")]
     return lines, buf[end + 1 :]
 
 
-def _decode(raw: bytes) -> str:
+def decode_line(raw: bytes) -> str:
+    """A line's text; bytes that are not UTF-8 are kept (as lone surrogates) so that the
+    Deframer rejects the line as ``encoding``, as ``wslog analyze`` does."""
     if raw.endswith(b"\r"):
         raw = raw[:-1]
-    return raw.decode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="surrogateescape")
 
 
 class StdinSource:
@@ -184,7 +187,7 @@ class StdinSource:
             lines, pending = split_lines(pending, data)
             emit(sink, "-", lines, None, self._chunk_max_lines)
         if pending and not stop.is_set():
-            emit(sink, "-", [_decode(pending)], None, self._chunk_max_lines)
+            emit(sink, "-", [decode_line(pending)], None, self._chunk_max_lines)
 
 
 def _read_some(stream: IO[bytes]) -> bytes:

@@ -335,3 +335,17 @@ def test_client_chosen_hosts_never_become_labels(tmp_path: Path) -> None:
     assert services == {UNKNOWN}
     assert total(samples, "wslog_connections_total") == len(hosts)
     assert size < 64 * 1024, f"/metrics is {size} bytes"
+
+
+def test_bytes_that_are_not_utf8_count_as_analyze_counts_them(tmp_path: Path) -> None:
+    """One rule for every source: a line that is not UTF-8 is malformed (encoding)."""
+    good = (TESTDATA / "lab" / "json" / "h1" / "client.log").read_bytes()
+    log = tmp_path / "mixed.log"
+    log.write_bytes(b"\xff\xfe not utf-8 at all\n" + good + b'{"start_time": "\xc3\x28"}\n')
+    _, lines = analysed_connections([str(log)])
+    assert lines["malformed"] == 2
+    samples = replay([str(log)], lines=3)
+    by_result = {labels["result"]: int(v) for labels, v in samples["wslog_log_lines_total"]}
+    assert by_result == {k: v for k, v in lines.items() if v}
+    reasons = {labels["reason"]: v for labels, v in samples["wslog_malformed_lines_total"]}
+    assert reasons == {"encoding": 2}

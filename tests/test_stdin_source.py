@@ -41,9 +41,9 @@ def test_lines_split_across_reads_of_a_pipe_are_joined() -> None:
     assert rec.lines() == ["first line", "second line"]
 
 
-def test_invalid_utf8_is_replaced_not_dropped() -> None:
+def test_invalid_utf8_is_kept_for_the_deframer_to_reject_not_dropped() -> None:
     lines, rest = split_lines(b"", b"ok\n\xff\xfe bad\npartial")
-    assert lines == ["ok", "\ufffd\ufffd bad"]
+    assert lines == ["ok", "\udcff\udcfe bad"]
     assert rest == b"partial"
 
 
