@@ -12,6 +12,8 @@ and bounded concurrency (a semaphore) is simpler to reason about than an event l
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,24 +172,42 @@ class StdinSource:
     def run(self, sink: Sink, stop: threading.Event, events: SourceEvents) -> None:
         import sys
 
-        stream = self._stream if self._stream is not None else sys.stdin.buffer
         events.stream_opened("stdin", "-")
         events.health(True, "")
         try:
-            self._pump(stream, sink, stop)
+            if self._stream is None:
+                self._pump(_fd_reader(sys.stdin.fileno(), stop), sink, stop)
+            else:
+                stream = self._stream
+                self._pump(lambda: _read_some(stream), sink, stop)
         finally:
             events.stream_closed("stdin", "-")
 
-    def _pump(self, stream: IO[bytes], sink: Sink, stop: threading.Event) -> None:
+    def _pump(self, read: Callable[[], bytes], sink: Sink, stop: threading.Event) -> None:
         pending = b""
         while not stop.is_set():
-            data = _read_some(stream)
+            data = read()
             if not data:
                 break
             lines, pending = split_lines(pending, data)
             emit(sink, "-", lines, None, self._chunk_max_lines)
         if pending and not stop.is_set():
             emit(sink, "-", [decode_line(pending)], None, self._chunk_max_lines)
+
+
+def _fd_reader(fd: int, stop: threading.Event, poll_s: float = 0.2) -> Callable[[], bytes]:
+    """Reads of the process's stdin straight from its file descriptor, waking every ``poll_s``
+    to see ``stop``: a thread blocked inside ``sys.stdin.buffer`` holds its lock, and Python
+    aborts at exit ("could not acquire lock ... at interpreter shutdown") on SIGTERM."""
+
+    def read() -> bytes:
+        while not stop.is_set():
+            ready, _, _ = select.select([fd], [], [], poll_s)
+            if ready:
+                return os.read(fd, 65536)
+        return b""
+
+    return read
 
 
 def _read_some(stream: IO[bytes]) -> bytes:

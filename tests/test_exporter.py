@@ -222,15 +222,41 @@ def test_no_label_carries_a_path_an_id_or_an_address() -> None:
     assert values and not values & forbidden
 
 
-def _start_cli(*args: str) -> subprocess.Popen[bytes]:
+def _start_cli(*args: str, stdin: int | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "wslog", "exporter", *args],
+        stdin=stdin,
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
         cwd=ROOT,
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stdin_blocked_on_an_open_pipe_stops_cleanly_on_a_signal(sig: signal.Signals) -> None:
+    """``kubectl logs -f ... | wslog exporter --source stdin``: the pipe stays open and empty."""
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = _start_cli("--source", "stdin", "--listen", "127.0.0.1:0", stdin=read_fd)
+        try:
+            port = _port_from_logs(proc)
+            os.write(write_fd, (TESTDATA / "lab" / "json" / "h1" / "client.log").read_bytes())
+            deadline = time.monotonic() + 20  # read, and blocked reading again: then the signal
+            while total(scrape(port), "wslog_log_lines_total") < 1:
+                assert time.monotonic() < deadline, "the line was never counted"
+                time.sleep(0.1)
+            proc.send_signal(sig)
+            assert proc.wait(timeout=20) == 0
+            assert proc.stderr is not None
+            assert b"Fatal Python error" not in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 def _port_from_logs(proc: subprocess.Popen[bytes]) -> int:
