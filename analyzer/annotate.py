@@ -71,3 +71,8 @@ def evidence_rank() -> pl.Expr:
     return pl.col("evidence").replace_strict(
         {name: rank for rank, name in enumerate(EVIDENCE)}, default=len(EVIDENCE)
     )
+
+
+def evidence_name(rank: pl.Expr) -> pl.Expr:
+    """The evidence a rank (``evidence_rank``) stands for; null for none."""
+    return rank.replace_strict(dict(enumerate(EVIDENCE)), default=None, return_dtype=pl.String)

@@ -34,8 +34,8 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from analyzer import side
-from analyzer.annotate import annotate, evidence_rank
-from analyzer.schema import ENTRY_BRIEF_FIELDS, ENTRY_SCHEMA, UTC_US, conform
+from analyzer.annotate import annotate, evidence_name, evidence_rank
+from analyzer.schema import ENTRY_BRIEF, ENTRY_BRIEF_FIELDS, ENTRY_SCHEMA, UTC_US, conform
 from analyzer.vocab import Side
 
 CLIENT, SERVER = Side.CLIENT.value, Side.SERVER.value
@@ -90,6 +90,7 @@ class Correlator:
     _sources: side.SourceSides = field(init=False)
     _held: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
     _released: pl.Series = field(default_factory=lambda: pl.Series(dtype=pl.UInt64))  # groups
+    _released_until: datetime | None = None  # the latest end of a connection released paired
 
     def __post_init__(self) -> None:
         self._sources = side.SourceSides(self.settings.window)
@@ -125,11 +126,17 @@ class Correlator:
 
     def _count_late(self, batch: pl.DataFrame) -> int:
         """Entries whose request id belongs to a connection already released with both sides:
-        only an input that goes back in time by more than the window delivers them."""
-        if not self.settings.hold_unpaired or self._released.len() == 0:
+        only an input that goes back in time by more than the window delivers them, and only
+        an entry starting before the released connections ended can be one."""
+        if self._released_until is None:
             return 0
-        groups = batch.filter(pl.col("group").str.starts_with("r|")).get_column("group")
-        return int(groups.hash().is_in(self._released.implode()).sum())
+        until = pl.lit(self._released_until, UTC_US) + self.settings.clock_skew
+        maybe = batch.filter(
+            pl.col("group").str.starts_with("r|") & (pl.col("start_time") <= until)
+        )
+        if maybe.height == 0:
+            return 0
+        return int(maybe.get_column("group").hash().is_in(self._released.implode()).sum())
 
     def _advance(self, batch: pl.DataFrame, watermark: datetime | None) -> datetime | None:
         """The caller's watermark as it is (it may step back, when an input starts another
@@ -188,6 +195,8 @@ class Correlator:
 
     def _settle(self, entries: pl.DataFrame) -> pl.DataFrame:
         """Sides that only the complete connection or the source can tell (side.py, steps 2-3)."""
+        if not entries.get_column("side").null_count():
+            return entries
         proven = side.by_partner(entries, CONN)
         return side.by_partner(self._sources.fill(proven), CONN)
 
@@ -211,8 +220,13 @@ class Correlator:
         own_sides = annotate(settled.filter(pl.col("uid").is_in(held.implode())))
         self._held = pl.concat([self._held, conform(own_sides, PENDING_SCHEMA)])
         out = settled.filter(paired)
-        done = out.filter(pl.col("group").str.starts_with("r|")).get_column("group").unique()
-        self._released = pl.concat([self._released, done.hash()])
+        done = out.filter(pl.col("group").str.starts_with("r|"))
+        if done.height:
+            self._released = pl.concat([self._released, done.get_column("group").unique().hash()])
+            latest = done.get_column("conn_end").max()
+            if isinstance(latest, datetime):
+                until = self._released_until
+                self._released_until = latest if until is None else max(until, latest)
         return out
 
     def _cap(self, rest: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
@@ -327,10 +341,9 @@ def _final_entry(name: str, mine: pl.Expr) -> list[pl.Expr]:
 TIEBREAK = [pl.col("start_time"), pl.col("downstream_remote_address"), pl.col("uid")]
 
 
-def _first(name: str) -> pl.Expr:
+def _first(name: str, client: pl.Expr) -> pl.Expr:
     """A connection-level value from the client side first, chosen by content, not arrival."""
-    by_role = pl.col("role").replace_strict({CLIENT: 0, SERVER: 1}, default=2)
-    return pl.col(name).sort_by(by_role, pl.col(name), nulls_last=True).drop_nulls().first()
+    return pl.coalesce(pl.col(name).filter(client).min(), pl.col(name).min()).alias(name)
 
 
 def _attempts(mine: pl.Expr) -> pl.Expr:
@@ -342,22 +355,29 @@ def _attempts(mine: pl.Expr) -> pl.Expr:
 def build_connections(entries: pl.DataFrame) -> pl.DataFrame:
     """One row per connection: each side's final entry (``unsided`` for an entry whose side no
     evidence told) and the connection-level facts."""
-    first = [_first(name) for name in ("request_id", "authority", "path")]
     client, server = pl.col("role") == CLIENT, pl.col("role") == SERVER
-    return (
-        entries.sort("uid")
+    first = [_first(name, client) for name in ("request_id", "authority", "path")]
+    unsided = pl.col("role").is_null()
+    if entries.get_column("role").null_count():
+        entry_of_no_side = _final_entry("unsided", unsided)[:1]
+    else:  # the common case: every entry has a side, no struct to pick
+        entry_of_no_side = [pl.lit(None, ENTRY_BRIEF).alias("unsided")]
+    rows = (
+        entries.with_columns(evidence_rank=evidence_rank())
+        .sort("uid")
         .group_by(CONN, maintain_order=True)
         .agg(
             *first,
             *_final_entry("client", client),
             *_final_entry("server", server),
-            *_final_entry("unsided", pl.col("role").is_null()),
+            *entry_of_no_side,
             pl.col("final").any().alias("has_final"),
             pl.col("http").any(),
-            pl.col("evidence").sort_by(evidence_rank()).drop_nulls().first(),
-            pl.col("upstream_cluster").filter(client).sort().drop_nulls().first(),
-            pl.col("source").filter(client).first().alias("client_source"),
-            pl.col("source").filter(server).first().alias("server_source"),
+            pl.col("evidence_rank").min(),
+            pl.col("upstream_cluster").filter(client).min(),
+            pl.col("source").filter(client).min().alias("client_source"),
+            pl.col("source").filter(server).min().alias("server_source"),
         )
         .drop(CONN)
     )
+    return rows.with_columns(evidence=evidence_name(pl.col("evidence_rank"))).drop("evidence_rank")
