@@ -172,13 +172,27 @@ def outbound_domains() -> list[str]:
     return [d for name in names for d in (name, f"{name}:{SERVICE_PORT}")]
 
 
-def client_route_config(scenario: Scenario) -> Config:
-    route = {
+def outbound_cluster(scenario: Scenario, ports: Ports) -> Config:
+    """The Service's outbound cluster, pointing at the server sidecar, with the protocol the
+    DestinationRule's h2UpgradePolicy selects."""
+    cluster = _static_cluster(CLIENT_CLUSTER, ports.server_inbound)
+    cluster["typed_extension_protocol_options"] = client_cluster_protocol_options(scenario)
+    return cluster
+
+
+def outbound_route() -> Config:
+    """The route action istiod gives an HTTP route to a Service: its outbound cluster, no
+    timeout (WebSockets), Istio's default retries."""
+    return {
         "cluster": CLIENT_CLUSTER,
         "timeout": "0s",
         "retry_policy": istio_retry_policy(),
         "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
     }
+
+
+def client_route_config(scenario: Scenario) -> Config:
+    route = outbound_route()
     virtual_host = {
         "name": f"{FQDN}:{SERVICE_PORT}",
         "domains": outbound_domains(),
@@ -208,8 +222,7 @@ def client_bootstrap(scenario: Scenario, ports: Ports, log_path: str, fmt: LogFo
     hcm = _hcm(f"outbound_0.0.0.0_{SERVICE_PORT}", client_route_config(scenario), logs, scenario)
     if scenario.client_allow_connect:  # the EnvoyFilter on SIDECAR_OUTBOUND
         hcm["http2_protocol_options"] = {"allow_connect": True}
-    cluster = _static_cluster(CLIENT_CLUSTER, ports.server_inbound)
-    cluster["typed_extension_protocol_options"] = client_cluster_protocol_options(scenario)
+    cluster = outbound_cluster(scenario, ports)
     listener = _listener(f"0.0.0.0_{SERVICE_PORT}", ports.client_outbound, hcm)
     node = "sidecar~127.0.0.1~websockets-client-sleep.default~default.svc.cluster.local"
     return _bootstrap(node, ports.client_admin, listener, cluster)
@@ -232,12 +245,7 @@ def server_bootstrap(scenario: Scenario, ports: Ports, log_path: str, fmt: LogFo
 def gateway_route_config(scenario: Scenario) -> Config:
     """What istiod makes of the Gateway and VirtualService: one virtual host for the Gateway's
     host, routed to the Service's outbound cluster with Istio's default retries."""
-    route = {
-        "cluster": CLIENT_CLUSTER,
-        "timeout": "0s",
-        "retry_policy": istio_retry_policy(),
-        "max_stream_duration": {"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"},
-    }
+    route = outbound_route()
     virtual_host = {
         "name": f"{GATEWAY_HOST}:{SERVICE_PORT}",
         "domains": [GATEWAY_HOST, f"{GATEWAY_HOST}:*"],
@@ -259,8 +267,7 @@ def gateway_bootstrap(scenario: Scenario, ports: Ports, log_path: str, fmt: LogF
     hcm = _hcm(
         f"outbound_0.0.0.0_{SERVICE_PORT}", route_config, logs, scenario, remote_address=True
     )
-    cluster = _static_cluster(CLIENT_CLUSTER, ports.server_inbound)
-    cluster["typed_extension_protocol_options"] = client_cluster_protocol_options(scenario)
+    cluster = outbound_cluster(scenario, ports)
     listener = _listener(f"0.0.0.0_{SERVICE_PORT}", ports.client_outbound, hcm)
     node = (
         "router~127.0.0.1~istio-ingressgateway-6d8f9c7b5-x7k2p.istio-system~"
