@@ -238,9 +238,9 @@ def _print_pairing(console: Console, conns: pl.DataFrame) -> None:
         )
     if unknown:
         console.print(
-            f"{unknown} entries have no cluster and came from a log holding both sides, so no "
-            "evidence tells which sidecar wrote them: give each pod's log as its own file, or "
-            "use kubectl logs --prefix.",
+            f"{unknown} of unknown side: an entry without a cluster, with no partner entry, from "
+            "a log that shows both sides or none, so nothing tells which sidecar wrote it; give "
+            "each pod's whole log as its own file, or use kubectl logs --prefix.",
             highlight=False,
         )
 
