@@ -80,12 +80,16 @@ def upgrade_path() -> pl.Expr:
     return pl.coalesce(joined, pl.lit(UpgradePath.UNKNOWN.value))
 
 
+def _server_decides() -> pl.Expr:
+    """The server saw a non-upgrade: its entry, closest to the app, decides."""
+    return pl.col("s_source").is_not_null() & (pl.col("s_response_code") != 101)
+
+
 def _deciding(name: str) -> pl.Expr:
     """The server's field when the server saw a non-upgrade, else the client's; the entry of
     unknown side when neither side's was seen."""
-    server_decides = pl.col("s_source").is_not_null() & (pl.col("s_response_code") != 101)
     return (
-        pl.when(server_decides)
+        pl.when(_server_decides())
         .then(pl.col(f"s_{name}"))
         .when(pl.col("c_source").is_not_null())
         .then(pl.col(f"c_{name}"))
@@ -173,12 +177,11 @@ def outcome_and_cause(flag_causes: dict[str, str]) -> tuple[pl.Expr, pl.Expr]:
 
 def reported_by() -> pl.Expr:
     """The side whose entry decided the cause (see ``_deciding``); "" for none or unknown."""
-    server_decides = pl.col("s_source").is_not_null() & (pl.col("s_response_code") != 101)
     client = pl.when(gateway_source(pl.col("c_source"))).then(pl.lit(Side.GATEWAY.value))
     return (
         pl.when(pl.col("cause") == Cause.NONE.value)
         .then(pl.lit(""))
-        .when(server_decides.fill_null(False))
+        .when(_server_decides().fill_null(False))
         .then(pl.lit(Side.SERVER.value))
         .when(pl.col("c_source").is_not_null())
         .then(pl.coalesce(client, pl.lit(Side.CLIENT.value)))
