@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from analyzer.errors import WslogError
+from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
 from exporter.logs import configure_logging
 from exporter.settings import (
@@ -96,6 +97,14 @@ PendingOpt = Annotated[
         envvar="WSLOG_MAX_PENDING",
     ),
 ]
+LineBytesOpt = Annotated[
+    int,
+    typer.Option(
+        help="Longest line read, in bytes; a longer one is counted malformed (too-long), "
+        "nothing else is lost.",
+        envvar="WSLOG_MAX_LINE_BYTES",
+    ),
+]
 BatchOpt = Annotated[
     float, typer.Option(help="Seconds between micro-batches.", envvar="WSLOG_BATCH_INTERVAL")
 ]
@@ -111,16 +120,25 @@ FormatOpt = Annotated[
 
 
 def _source(
-    kind: SourceKind, paths: list[str], from_start: bool, once: bool, kube: KubeSettings
+    kind: SourceKind,
+    paths: list[str],
+    from_start: bool,
+    once: bool,
+    kube: KubeSettings,
+    *,
+    max_line_bytes: int,
 ) -> Source:
     if kind is SourceKind.FILES:
         from exporter.files import FileSource
 
         if not paths:
             raise SettingsError("--source files needs at least one --path GLOB")
-        return FileSource(FileSettings(globs=tuple(paths), from_start=from_start, once=once))
+        files = FileSettings(
+            globs=tuple(paths), from_start=from_start, once=once, max_line_bytes=max_line_bytes
+        )
+        return FileSource(files)
     if kind is SourceKind.STDIN:
-        return StdinSource()
+        return StdinSource(max_line_bytes=max_line_bytes)
     from exporter.kube import KubeSource
 
     return KubeSource(kube)
@@ -138,15 +156,25 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _pipeline_settings(
-    pair_window: float, clock_skew: float, max_pending: int, batch: float, fmt: str | None
+    pair_window: float,
+    clock_skew: float,
+    max_pending: int,
+    batch: float,
+    fmt: str | None,
+    *,
+    max_line_bytes: int,
 ) -> PipelineSettings:
-    raise_if(validate_pipeline(pair_window, clock_skew, max_pending, batch))
+    problems = validate_pipeline(pair_window, clock_skew, max_pending, batch)
+    if max_line_bytes < 1024:
+        problems.append("--max-line-bytes must be at least 1024")
+    raise_if(problems)
     return PipelineSettings(
         pair_window=timedelta(seconds=pair_window),
         clock_skew=timedelta(seconds=clock_skew),
         max_pending=max_pending,
         batch_interval_s=batch,
         log_format=fmt,
+        max_line_bytes=max_line_bytes,
     )
 
 
@@ -176,6 +204,7 @@ def exporter(
     max_pending: PendingOpt = 200_000,
     batch_interval: BatchOpt = 1.0,
     log_format: FormatOpt = None,
+    max_line_bytes: LineBytesOpt = MAX_LINE_BYTES,
 ) -> None:
     """Follow istio-proxy logs, correlate both sidecars of every WebSocket live, and serve
     Prometheus metrics (see the README's metrics table). Stops cleanly on SIGTERM."""
@@ -184,10 +213,18 @@ def exporter(
         listen_at = Listen.parse(listen)
         series = _positive("--max-series", max_series)
         pipeline = _pipeline_settings(
-            pair_window, clock_skew, max_pending, batch_interval, log_format
+            pair_window,
+            clock_skew,
+            max_pending,
+            batch_interval,
+            log_format,
+            max_line_bytes=max_line_bytes,
         )
-        kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
-        src, formats = _source(source, path or [], from_start, once, kube), log_formats(log_format)
+        kube = _kube_settings(
+            namespace, selector, since, kubeconfig, context, max_streams, max_line_bytes
+        )
+        src = _source(source, path or [], from_start, once, kube, max_line_bytes=max_line_bytes)
+        formats = log_formats(log_format)
     from exporter.run import run_exporter
 
     settings = ExporterSettings(source, listen_at, series, pipeline)
@@ -220,6 +257,7 @@ def tail(
     max_pending: PendingOpt = 200_000,
     batch_interval: BatchOpt = 0.5,
     log_format: FormatOpt = None,
+    max_line_bytes: LineBytesOpt = MAX_LINE_BYTES,
 ) -> None:
     """Print each WebSocket connection as soon as it is classified; a summary on Ctrl-C."""
     from rich.console import Console
@@ -229,10 +267,18 @@ def tail(
 
     with _settings_errors("tail"):
         pipeline = _pipeline_settings(
-            pair_window, clock_skew, max_pending, batch_interval, log_format
+            pair_window,
+            clock_skew,
+            max_pending,
+            batch_interval,
+            log_format,
+            max_line_bytes=max_line_bytes,
         )
-        kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
-        src, formats = _source(source, path or [], from_start, once, kube), log_formats(log_format)
+        kube = _kube_settings(
+            namespace, selector, since, kubeconfig, context, max_streams, max_line_bytes
+        )
+        src = _source(source, path or [], from_start, once, kube, max_line_bytes=max_line_bytes)
+        formats = log_formats(log_format)
         unknown = set(outcome or []) - {o.value for o in Outcome}
         if unknown:
             raise SettingsError(f"--outcome {', '.join(sorted(unknown))}: not an outcome")
@@ -267,6 +313,7 @@ def _kube_settings(
     kubeconfig: str | None,
     context: str | None,
     max_streams: int,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> KubeSettings:
     namespaces = tuple(n for item in namespace or [] for n in item.split(",") if n)
     if kubeconfig and not Path(kubeconfig.split(":")[0]).expanduser().exists():
@@ -278,4 +325,5 @@ def _kube_settings(
         kubeconfig=kubeconfig,
         context=context,
         max_concurrent_streams=max_streams,
+        max_line_bytes=max_line_bytes,
     )
