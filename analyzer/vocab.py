@@ -59,6 +59,15 @@ class Pairing(StrEnum):
     UNPAIRED = "unpaired"  # one entry whose side no evidence told (see analyzer.side)
 
 
+# The sides a connection's entries came from, by its pairing: a metric label.
+PAIRING_SIDES = {
+    Pairing.PAIRED: "both",
+    Pairing.CLIENT_ONLY: "client",
+    Pairing.SERVER_ONLY: "server",
+    Pairing.UNPAIRED: "unknown",
+}
+
+
 class TransportFailure(StrEnum):
     """What ``%UPSTREAM_TRANSPORT_FAILURE_REASON%`` says, when the format logs it."""
 

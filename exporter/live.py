@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
@@ -111,5 +111,6 @@ class LiveAnalyzer:
     def _emit(self, step: Step) -> Step:
         self.evidence.learn(step.connections)
         websockets = select_websockets(step.connections, self.evidence.paths)
-        self.on_step(step, websockets)
+        early = select_websockets(step.early, self.evidence.paths)
+        self.on_step(replace(step, early=early), websockets)
         return step

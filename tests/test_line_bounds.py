@@ -4,6 +4,7 @@ line, nothing around it is lost, and no buffer grows with it (issue 12, item 9).
 from __future__ import annotations
 
 import io
+import itertools
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ def reference(data: bytes, cap: int) -> list[bytes | Overlong]:
 def assembled(data: bytes, cuts: list[int], cap: int) -> tuple[list[bytes | Overlong], int]:
     assembler, out, held = LineAssembler(cap), [], 0
     bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         out.extend(assembler.feed(data[start:end]))
         held = max(held, assembler.pending_bytes)
     out.extend(assembler.finish())
