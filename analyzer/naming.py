@@ -2,8 +2,9 @@
 
 Istio names clusters ``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``
 (``inbound|PORT|NAME|FQDN`` before 1.10) and its mTLS SNI ``outbound_.PORT_.SUBSET_.FQDN``;
-kubectl, the kubelet and the exporter name sources ``namespace/pod`` or
-``/var/log/pods/NS_POD_UID/...``. These polars expressions turn them into the labels of
+kubectl, the kubelet and the exporter name sources ``namespace/pod``,
+``/var/log/pods/NS_POD_UID/...`` or ``/var/log/containers/POD_NS_CONTAINER-ID.log``.
+These polars expressions turn them into the labels of
 DESIGN.md section 2.
 """
 
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import polars as pl
 
-_POD_DIR = r"/var/log/pods/([^_/]+)_([^_/]+)_[^/]+/"
+_POD_DIR = r"(?:^|/)pods/([a-z0-9.-]+)_([a-z0-9.-]+)_[0-9a-f-]+/"
+_CONTAINER_FILE = r"(?:^|/)containers/([a-z0-9.-]+)_([a-z0-9.-]+)_[^/]+\.log$"  # pod_ns_...
 # Deployment pods end in -<replicaset hash>-<5 chars>; StatefulSet/DaemonSet pods differ.
 _POD_SUFFIX = r"-[a-z0-9]{8,10}-[a-z0-9]{5}$|-[a-z0-9]{5}$"
 
@@ -62,14 +64,16 @@ _KUBECTL_PREFIX = r"^pod/([a-z0-9.-]+)/[a-z0-9-]+$"  # kubectl logs --prefix: no
 def source_namespace(source: pl.Expr) -> pl.Expr:
     """``ns/pod[/container]`` (the exporter) or a /var/log/pods path -> ns."""
     from_dir = source.str.extract(_POD_DIR, 1)
+    from_file = source.str.extract(_CONTAINER_FILE, 2)
     named = pl.when(~source.str.contains(_KUBECTL_PREFIX)).then(source.str.extract(_NS_POD, 1))
-    return pl.coalesce(from_dir, named)
+    return pl.coalesce(from_dir, from_file, named)
 
 
 def source_pod(source: pl.Expr) -> pl.Expr:
     from_dir = source.str.extract(_POD_DIR, 2)
+    from_file = source.str.extract(_CONTAINER_FILE, 1)
     from_prefix = source.str.extract(_KUBECTL_PREFIX, 1)
-    return pl.coalesce(from_dir, from_prefix, source.str.extract(_NS_POD, 2))
+    return pl.coalesce(from_dir, from_file, from_prefix, source.str.extract(_NS_POD, 2))
 
 
 def source_workload(source: pl.Expr) -> pl.Expr:

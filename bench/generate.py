@@ -11,7 +11,9 @@ Output: ``OUT/client-<n>.log`` and ``OUT/server-<n>.log`` (one file per pod), JS
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -81,35 +83,42 @@ def replicate(
     return copy
 
 
-def generate(lines: int, out: Path, pods: int, seed: int) -> int:
+def connections(pods: int, seed: int) -> Iterator[list[tuple[str, int, bytes]]]:
+    """Endless connections, each as its lines ``(side, pod, line)``, 3 ms apart."""
     rng = random.Random(seed)
     templates = load_templates()
     names, weights = list(MIX), list(MIX.values())
+    start = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    for n in itertools.count():
+        scenario = rng.choices(names, weights)[0]
+        client, server = templates[scenario]
+        base = _base_time(client + server)
+        at = start + timedelta(milliseconds=n * 3)
+        ids: dict[str, str] = {}
+        lines = []
+        for side, entries in (("client", client), ("server", server)):
+            for entry in entries:
+                lines.append((side, n % pods, orjson.dumps(replicate(entry, base, at, n, ids))))
+                if rng.random() < 0.05:
+                    lines.append((side, n % pods, rng.choice(NOISE).encode()))
+        yield lines
+
+
+def generate(lines: int, out: Path, pods: int, seed: int) -> int:
     out.mkdir(parents=True, exist_ok=True)
     files = {
         (side, i): (out / f"{side}-{i}.log").open("wb")
         for side in ("client", "server")
         for i in range(pods)
     }
-    start = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-    written, n = 0, 0
+    written = 0
     try:
-        while written < lines:
-            scenario = rng.choices(names, weights)[0]
-            client, server = templates[scenario]
-            base = _base_time(client + server)
-            at = start + timedelta(milliseconds=n * 3)
-            ids: dict[str, str] = {}
-            pod = n % pods
-            for side, entries in (("client", client), ("server", server)):
-                sink = files[(side, pod)]
-                for entry in entries:
-                    sink.write(orjson.dumps(replicate(entry, base, at, n, ids)) + b"\n")
-                    written += 1
-                    if rng.random() < 0.05:
-                        sink.write(rng.choice(NOISE).encode() + b"\n")
-                        written += 1
-            n += 1
+        for connection in connections(pods, seed):
+            if written >= lines:
+                break
+            for side, pod, line in connection:
+                files[(side, pod)].write(line + b"\n")
+            written += len(connection)
     finally:
         for handle in files.values():
             handle.close()

@@ -41,7 +41,7 @@ class LiveAnalyzer:
     max_line_bytes: int = MAX_LINE_BYTES
     # Raw bytes of lines accepted but not yet ticked: past this, ``accept`` blocks its source
     # until the next tick, so a fast input waits instead of filling memory.
-    max_buffered_bytes: int = 32 << 20
+    max_buffered_bytes: int = 8 << 20
     evidence: PathEvidence = field(default_factory=PathEvidence)
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _deframers: dict[str, Deframer] = field(default_factory=dict)
@@ -57,6 +57,7 @@ class LiveAnalyzer:
         size = sum(len(line) if isinstance(line, str) else HEAD_BYTES for line in chunk.lines)
         with self._lock:
             while self._buffered_bytes >= self.max_buffered_bytes and not self._draining:
+                self._lock.notify_all()  # wakes wait_for_batch: tick now
                 self._lock.wait(0.5)
             deframer = self._deframers.get(chunk.source)
             if deframer is None:
@@ -67,6 +68,17 @@ class LiveAnalyzer:
             self._buffered_bytes += size
             self._last_input = self.clock()
             self._idle_released = False
+
+    def wait_for_batch(self, timeout_s: float, stop: threading.Event) -> None:
+        """Wait up to ``timeout_s`` for the next tick: less when the buffer is full (a fast
+        input is processed as fast as it comes) or when ``stop`` is set."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while not stop.is_set() and self._buffered_bytes < self.max_buffered_bytes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._lock.wait(min(left, 0.1))
 
     def drain(self) -> None:
         """The loop is stopping: never block a source again (it is finishing its last read)."""

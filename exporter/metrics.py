@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from analyzer import naming
 from analyzer.pipeline import Step, early_by_side
 from analyzer.vocab import Pairing
 
@@ -72,8 +73,6 @@ class _Cap:
         self.seen.get(family, set()).discard(tuple(labels.values()))
 
 
-_KUBELET_POD_LOG = re.compile(r"(?:^|/)pods/([a-z0-9.-]+)_([a-z0-9.-]+)_[0-9a-f-]+/[^/]+/[^/]+$")
-_CONTAINER_LOG = re.compile(r"(?:^|/)containers/([a-z0-9.-]+)_([a-z0-9.-]+)_[^/]+\.log$")
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]")
 SOURCE_LABEL_MAX = 128
 
@@ -81,10 +80,12 @@ SOURCE_LABEL_MAX = 128
 def source_label(source: str) -> str:
     """The ``source`` label of a stream: ``namespace/pod`` for a pod's log (from the API or
     kubelet's files), else the file's name; never a pod UID, a directory or an unbounded value."""
-    if match := _KUBELET_POD_LOG.search(source):
-        return f"{match.group(1)}/{match.group(2)}"
-    if match := _CONTAINER_LOG.search(source):
-        return f"{match.group(2)}/{match.group(1)}"
+    raw = pl.lit(source)
+    named = pl.select(
+        naming.source_namespace(raw).alias("namespace"), naming.source_pod(raw).alias("pod")
+    ).row(0)
+    if all(named):
+        return "/".join(named)
     if source.startswith("/"):
         source = source.rsplit("/", 1)[-1]
     return _LABEL_UNSAFE.sub("_", source)[:SOURCE_LABEL_MAX] or UNKNOWN

@@ -59,7 +59,10 @@ class Loop:
         )
         feeder.start()
         finished = False
-        while not stop.wait(self.batch_interval_s):
+        while not stop.is_set():
+            self.live.wait_for_batch(self.batch_interval_s, stop)
+            if stop.is_set():
+                break
             self.live.tick()
             if ended.is_set() and not finished:
                 self.live.finish()

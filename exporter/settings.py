@@ -47,7 +47,7 @@ class PipelineSettings:
     batch_interval_s: float
     log_format: str | None
     max_line_bytes: int = MAX_LINE_BYTES
-    max_buffered_bytes: int = 32 << 20
+    max_buffered_bytes: int = 8 << 20
 
 
 @dataclass(frozen=True)
