@@ -41,6 +41,14 @@ FromStartOpt = Annotated[
 OnceOpt = Annotated[
     bool, typer.Option(help="files: read to the end of every file, then stop following.")
 ]
+StateDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="files: keep each file's read position in this directory, so that a restart "
+        "resumes where the last run stopped (no line lost or counted twice).",
+        envvar="WSLOG_STATE_DIR",
+    ),
+]
 NamespaceOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -111,14 +119,28 @@ FormatOpt = Annotated[
 
 
 def _source(
-    kind: SourceKind, paths: list[str], from_start: bool, once: bool, kube: KubeSettings
+    kind: SourceKind,
+    paths: list[str],
+    from_start: bool,
+    once: bool,
+    kube: KubeSettings,
+    *,
+    state_dir: str | None,
 ) -> Source:
+    if state_dir is not None and kind is not SourceKind.FILES:
+        raise SettingsError("--state-dir applies only to --source files")
     if kind is SourceKind.FILES:
         from exporter.files import FileSource
+        from exporter.filestate import check_state_dir
 
         if not paths:
             raise SettingsError("--source files needs at least one --path GLOB")
-        return FileSource(FileSettings(globs=tuple(paths), from_start=from_start, once=once))
+        if state_dir is not None:
+            check_state_dir(state_dir)
+        settings = FileSettings(
+            globs=tuple(paths), from_start=from_start, once=once, state_dir=state_dir
+        )
+        return FileSource(settings)
     if kind is SourceKind.STDIN:
         return StdinSource()
     from exporter.kube import KubeSource
@@ -155,6 +177,7 @@ def exporter(
     path: PathOpt = None,
     from_start: FromStartOpt = False,
     once: OnceOpt = False,
+    state_dir: StateDirOpt = None,
     namespace: NamespaceOpt = None,
     selector: SelectorOpt = "",
     since: SinceOpt = None,
@@ -187,7 +210,8 @@ def exporter(
             pair_window, clock_skew, max_pending, batch_interval, log_format
         )
         kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
-        src, formats = _source(source, path or [], from_start, once, kube), log_formats(log_format)
+        src = _source(source, path or [], from_start, once, kube, state_dir=state_dir)
+        formats = log_formats(log_format)
     from exporter.run import run_exporter
 
     settings = ExporterSettings(source, listen_at, series, pipeline)
@@ -199,6 +223,7 @@ def tail(
     path: PathOpt = None,
     from_start: FromStartOpt = False,
     once: OnceOpt = False,
+    state_dir: StateDirOpt = None,
     namespace: NamespaceOpt = None,
     selector: SelectorOpt = "",
     since: SinceOpt = None,
@@ -232,7 +257,8 @@ def tail(
             pair_window, clock_skew, max_pending, batch_interval, log_format
         )
         kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
-        src, formats = _source(source, path or [], from_start, once, kube), log_formats(log_format)
+        src = _source(source, path or [], from_start, once, kube, state_dir=state_dir)
+        formats = log_formats(log_format)
         unknown = set(outcome or []) - {o.value for o in Outcome}
         if unknown:
             raise SettingsError(f"--outcome {', '.join(sorted(unknown))}: not an outcome")

@@ -61,10 +61,10 @@ class Loop:
             self.after_tick()
             if finished and self.exit_on_end:
                 break
+        feeder.join(timeout=5)  # the source's last chunks (and saved positions) before the flush
         if not finished:
             self.live.finish()
             self.after_tick()
-        feeder.join(timeout=5)
 
     def _feed(self, stop: threading.Event, ended: threading.Event) -> None:
         try:
