@@ -18,6 +18,7 @@ from analyzer.correlate import CorrelationSettings
 from analyzer.decode import Decoded
 from analyzer.errors import InputError, WslogError
 from analyzer.inputs import InputSet, expand_all
+from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
 from analyzer.report import render_table, write_binary
@@ -32,6 +33,10 @@ class OutputFormat(StrEnum):
     PARQUET = "parquet"
 
 
+MAX_LINE_HELP = (
+    "Longest line read, in bytes; a longer one is counted malformed (too-long), nothing else "
+    "is lost."
+)
 FAIL_ON_HELP = (
     "Exit 1 when any connection is failed, rejected, or has this cause "
     "(e.g. h2-connect-not-allowed). Repeatable."
@@ -81,12 +86,24 @@ def analyze(
     clock_skew: Annotated[
         float, typer.Option(help="Tolerated clock difference between pods, seconds.")
     ] = 1.0,
+    max_line_bytes: Annotated[int, typer.Option(help=MAX_LINE_HELP)] = MAX_LINE_BYTES,
 ) -> None:
     """Correlate client and server sidecar entries of every WebSocket, classify its upgrade path
     and outcome, and explain each failure with its cause and fix."""
     with _errors():
         checks = _check_options(fail_on or [], window, clock_skew, output_format, output)
-        result = run(paths, log_format, include_all, keep_query, strict, window, clock_skew)
+        if max_line_bytes < 1:
+            raise WslogError("--max-line-bytes must be at least 1")
+        result = run(
+            paths,
+            log_format,
+            include_all,
+            keep_query,
+            strict,
+            window,
+            clock_skew,
+            max_line_bytes=max_line_bytes,
+        )
     _write(result, output_format, output, connections)
     if _should_fail(result, checks):
         raise typer.Exit(1)
@@ -100,11 +117,13 @@ def run(
     strict: bool,
     window: float,
     clock_skew: float,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> AnalysisResult:
     formats = log_formats(log_format)
     expansion = expand_all(paths)
     _note_skipped(expansion.skipped)
-    inputs = InputSet(expansion.sources, formats, strict=strict)
+    inputs = InputSet(expansion.sources, formats, strict=strict, max_line_bytes=max_line_bytes)
     settings = CorrelationSettings(
         window=timedelta(seconds=window), clock_skew=timedelta(seconds=clock_skew)
     )

@@ -75,7 +75,7 @@ class Released:
     """Connections whose entries are complete (or waited out the window), one row each."""
 
     connections: pl.DataFrame  # see build_connections
-    evicted: dict[str, int]  # entries released early by the size cap, per side
+    early: pl.DataFrame  # those of ``connections`` released before their window by the size cap
     late: int = 0  # entries of a connection already released paired (input out of time order)
 
 
@@ -117,7 +117,8 @@ class Correlator:
             self._pending = rekey(frame, touched, self.settings)
             self._sources.learn(batch)
         elif not moved:
-            return Released(build_connections(self._pending.clear()), {})
+            none = build_connections(self._pending.clear())
+            return Released(none, none)
         if self._watermark is None:
             return replace(self._take(pl.lit(False)), late=late)
         horizon = pl.lit(self._watermark, UTC_US) - self.settings.window
@@ -204,12 +205,13 @@ class Correlator:
         frame = self._pending.with_columns(_ready=ready)
         released = frame.filter(pl.col("_ready")).drop("_ready")
         rest = frame.filter(~pl.col("_ready")).drop("_ready")
-        rest, early, evicted = self._cap(rest)
+        rest, early = self._cap(rest)
         self._pending = rest
         out = self._settle(pl.concat([released, early], how="vertical"))
         if self.settings.hold_unpaired and not final:
             out = self._hold_unpaired(out)
-        return Released(build_connections(out), evicted)
+        early_out = out.filter(pl.col("uid").is_in(early.get_column("uid").implode()))
+        return Released(build_connections(out), build_connections(early_out))
 
     def _hold_unpaired(self, settled: pl.DataFrame) -> pl.DataFrame:
         """Keep (as their entries, sides as their own evidence gave them) the connections that
@@ -229,16 +231,15 @@ class Correlator:
                 self._released_until = latest if until is None else max(until, latest)
         return out
 
-    def _cap(self, rest: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    def _cap(self, rest: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Past ``max_pending`` entries, the connections that ended first leave early."""
         excess = rest.height - self.settings.max_pending
         if excess <= 0:
-            return rest, rest.clear(), {}
+            return rest, rest.clear()
         cut = rest.sort("conn_end", "uid").slice(0, excess).select(CONN).unique()
         early = rest.join(cut, on=CONN, how="semi", nulls_equal=True)
-        counts = early.group_by("side").len().iter_rows()
-        evicted = {str(name or "unknown"): int(n) for name, n in counts}
         kept = rest.join(cut, on=CONN, how="anti", nulls_equal=True)
-        return kept, early, evicted
+        return kept, early
 
 
 def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings) -> pl.DataFrame:

@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 import polars as pl
 
+from analyzer.lines import HEAD_BYTES, MAX_LINE_BYTES, LineAssembler, Overlong, Segment
 from analyzer.schema import LINE_SCHEMA, REJECT_SCHEMA, UTC_US, conform, empty
 from analyzer.vocab import RejectReason
 
@@ -49,7 +51,6 @@ _KEY_GROUP = {
 }
 _DOCKER_DTYPE = pl.Struct({"log": pl.String, "stream": pl.String, "time": pl.String})
 _SAMPLE = 200
-_MAX_PENDING_CHARS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,14 @@ def detect(texts: pl.Series) -> Framing | None:
 class Deframer:
     """Removes one source's framing, chunk after chunk (the exporter feeds it a live stream)."""
 
-    def __init__(self, source: str, framing: Framing | None = None) -> None:
+    def __init__(
+        self, source: str, framing: Framing | None = None, max_line_bytes: int = MAX_LINE_BYTES
+    ) -> None:
         self.source = source
         self.framing = framing
+        self.max_line_bytes = max_line_bytes
         self._next_line_no = 1
-        self._tail = b""
+        self._assembler = LineAssembler(max_line_bytes)
         self._pending = _empty_pending()
 
     @property
@@ -93,42 +97,93 @@ class Deframer:
 
     def feed_bytes(self, data: bytes) -> Framed:
         """Deframe the complete lines of ``data``; a trailing piece waits for its newline."""
-        block = self._tail + data if self._tail else data
-        cut = block.rfind(b"\n")
-        if cut < 0:
-            self._tail = block
-            return Framed(empty(LINE_SCHEMA), empty(REJECT_SCHEMA))
-        self._tail = block[cut + 1 :]
-        return self._feed_block(block, cut)
+        return self._feed_segments(self._assembler.feed(data))
 
-    def feed_lines(self, lines: Sequence[str] | pl.Series, *, strip_cr: bool = True) -> Framed:
+    def feed_lines(
+        self, lines: Sequence[str | Overlong] | pl.Series, *, strip_cr: bool = True
+    ) -> Framed:
         """Deframe complete lines (without their newlines). Lines a source decoded with
-        ``surrogateescape`` (bytes that are not UTF-8) are rejected as ``encoding``, one rule
-        for every source."""
-        if not isinstance(lines, pl.Series) and not _utf8(lines):
-            raws = (line.encode("utf-8", errors="surrogateescape") for line in lines)
-            return self._feed_undecodable(b"\n".join(raws))
+        ``surrogateescape`` (bytes that are not UTF-8) are rejected as ``encoding``, and lines
+        over ``max_line_bytes`` as ``too-long``: one rule for every source."""
+        if not isinstance(lines, pl.Series):
+            if any(isinstance(line, Overlong) for line in lines):
+                return self._feed_with_overlong(lines)
+            texts_only = cast(Sequence[str], lines)
+            if not _utf8(texts_only):
+                raws = (line.encode("utf-8", errors="surrogateescape") for line in texts_only)
+                return self._feed_undecodable(b"\n".join(raws))
         texts = lines.rename("text") if isinstance(lines, pl.Series) else pl.Series("text", lines)
         texts = texts.cast(pl.String)
         if strip_cr:
             texts = texts.str.strip_suffix("\r")
         first = self._next_line_no
         self._next_line_no += texts.len()
-        if self.framing is None:
-            self.framing = detect(texts)
         numbered = pl.DataFrame({"line_no": pl.int_range(first, first + texts.len(), eager=True)})
-        return self._deframe(numbered.with_columns(texts))
+        numbered = numbered.with_columns(texts)
+        long = numbered["text"].str.len_bytes() > self.max_line_bytes
+        if long.any():
+            too_long = self._too_long_rejects(numbered.filter(long))
+            framed = self._deframe_detecting(numbered.filter(~long))
+            return Framed(framed.lines, _concat([too_long, framed.rejects], REJECT_SCHEMA))
+        return self._deframe_detecting(numbered)
 
     def flush(self) -> Framed:
         """End of source: the unterminated last line and any partial line become lines."""
-        parts = []
-        if self._tail:
-            tail, self._tail = self._tail + b"\n", b""
-            parts.append(self._feed_block(tail, len(tail) - 1))
+        parts = [self._feed_segments(self._assembler.finish())]
         pending, self._pending = self._pending, _empty_pending()
         lines = conform(pending.with_columns(source=pl.lit(self.source)), LINE_SCHEMA)
         parts.append(Framed(lines, empty(REJECT_SCHEMA)))
         return Framed.concat(parts)
+
+    def _deframe_detecting(self, numbered: pl.DataFrame) -> Framed:
+        if self.framing is None:
+            self.framing = detect(numbered["text"])
+        return self._deframe(numbered)
+
+    def _feed_segments(self, segments: Sequence[Segment]) -> Framed:
+        parts = [
+            self._overlong(segment)
+            if isinstance(segment, Overlong)
+            else self._feed_block(segment, len(segment) - 1)
+            for segment in segments
+        ]
+        return Framed.concat(parts) if parts else Framed(empty(LINE_SCHEMA), empty(REJECT_SCHEMA))
+
+    def _feed_with_overlong(self, lines: Sequence[str | Overlong]) -> Framed:
+        parts: list[Framed] = []
+        texts: list[str] = []
+        for line in lines:
+            if isinstance(line, Overlong):
+                parts.append(self.feed_lines(texts))
+                parts.append(self._overlong(line))
+                texts = []
+            else:
+                texts.append(line)
+        parts.append(self.feed_lines(texts))
+        return Framed.concat(parts)
+
+    def _overlong(self, line: Overlong) -> Framed:
+        line_no = self._next_line_no
+        self._next_line_no += 1
+        detail = f"line of {line.length} bytes{self._over_bound}"
+        reject = _reject_row(self.source, line_no, RejectReason.TOO_LONG, detail, line.excerpt())
+        return Framed(empty(LINE_SCHEMA), reject)
+
+    @property
+    def _over_bound(self) -> str:
+        return f", over --max-line-bytes {self.max_line_bytes}"
+
+    def _too_long_rejects(self, long: pl.DataFrame, *, at_least: bool = False) -> pl.DataFrame:
+        length = pl.col("text").str.len_bytes().cast(pl.String)
+        prefix = "line of at least " if at_least else "line of "
+        out = long.select(
+            source=pl.lit(self.source),
+            line_no="line_no",
+            reason=pl.lit(RejectReason.TOO_LONG.value),
+            detail=pl.lit(prefix) + length + pl.lit(" bytes" + self._over_bound),
+            excerpt=pl.col("text").str.slice(0, HEAD_BYTES),
+        )
+        return conform(out, REJECT_SCHEMA)
 
     def _feed_block(self, block: bytes, cut: int) -> Framed:
         """Deframe the lines of ``block[:cut]`` (``block[cut]`` is its last newline)."""
@@ -218,12 +273,18 @@ class Deframer:
             parts = parts.filter(ok)
         rows = pl.concat([self._pending, parts.select(self._pending.columns)])
         grouped = _group_partials(rows)
-        done = grouped.filter(
-            pl.col("final") | (pl.col("text").str.len_chars() > _MAX_PENDING_CHARS)
+        # A line is held only up to the bound; past it the rest is counted, never kept.
+        long = pl.col("text").str.len_bytes() > self.max_line_bytes
+        grouped = grouped.with_columns(
+            text=pl.when(long)
+            .then(pl.col("text").str.slice(0, self.max_line_bytes + 1))
+            .otherwise(pl.col("text"))
         )
-        self._pending = grouped.filter(~pl.col("final")).join(done, on="line_no", how="anti")
-        lines = conform(done.with_columns(source=pl.lit(self.source)), LINE_SCHEMA)
-        return Framed(lines.sort("line_no"), rejects)
+        self._pending = grouped.filter(~pl.col("final"))
+        done = grouped.filter(pl.col("final"))
+        lines = conform(done.filter(~long).with_columns(source=pl.lit(self.source)), LINE_SCHEMA)
+        too_long = self._too_long_rejects(done.filter(long), at_least=True)
+        return Framed(lines.sort("line_no"), _concat([rejects, too_long], REJECT_SCHEMA))
 
 
 def _group_partials(rows: pl.DataFrame) -> pl.DataFrame:

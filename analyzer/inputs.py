@@ -28,6 +28,7 @@ from analyzer.decode import Decoded, decode_framed
 from analyzer.errors import FormatError, InputError, MalformedEntryError
 from analyzer.formats import Format, FormatSet, parse_log_format
 from analyzer.framing import Deframer, Framed, Framing
+from analyzer.lines import MAX_LINE_BYTES
 from analyzer.schema import REJECT_SCHEMA
 from analyzer.vocab import LineResult, RejectReason
 
@@ -162,6 +163,7 @@ class SourceReader:
     block_bytes: int = BLOCK_BYTES
     framing: Framing | None = None
     stdin: BinaryIO | None = None
+    max_line_bytes: int = MAX_LINE_BYTES
     counts: dict[LineResult, int] = field(default_factory=lambda: dict.fromkeys(LineResult, 0))
     # How far this source has got: the start of the last entry read. Not the newest ever read:
     # a source that goes back in time (one pod's log after another's) has got only as far as
@@ -218,7 +220,7 @@ class SourceReader:
             stream = open_source(self.source, self.stdin)
             self._stream = stream
             self._blocks = read_blocks(stream, self.source.name, self.block_bytes)
-            self._deframer = Deframer(self.source.name, self.framing)
+            self._deframer = Deframer(self.source.name, self.framing, self.max_line_bytes)
         return self._blocks, self._deframer
 
     def _close(self) -> None:
@@ -245,11 +247,19 @@ class InputSet:
     strict: bool = False
     framing: Framing | None = None
     stdin: BinaryIO | None = None
+    max_line_bytes: int = MAX_LINE_BYTES
     readers: list[SourceReader] = field(init=False)
 
     def __post_init__(self) -> None:
         self.readers = [
-            SourceReader(s, self.formats, self.block_bytes, self.framing, self.stdin)
+            SourceReader(
+                s,
+                self.formats,
+                self.block_bytes,
+                self.framing,
+                self.stdin,
+                max_line_bytes=self.max_line_bytes,
+            )
             for s in self.sources
         ]
 

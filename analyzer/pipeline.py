@@ -16,12 +16,12 @@ from datetime import datetime
 import polars as pl
 
 from analyzer.classify import classify, select_websockets, websocket_paths
-from analyzer.correlate import CorrelationSettings, Correlator
+from analyzer.correlate import CorrelationSettings, Correlator, Released
 from analyzer.decode import Decoded, decode_framed
 from analyzer.formats import FormatSet, default_formats
 from analyzer.framing import Framed
 from analyzer.schema import CONNECTION_SCHEMA, REJECT_SCHEMA
-from analyzer.vocab import LineResult
+from analyzer.vocab import PAIRING_SIDES, LineResult
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Step:
     connections: pl.DataFrame  # CONNECTION_SCHEMA: HTTP connections released by this batch
     lines: dict[LineResult, int]
     rejects: pl.DataFrame  # REJECT_SCHEMA
-    evicted: dict[str, int]  # entries released early by the pending-size cap, per side
+    early: pl.DataFrame  # CONNECTION_SCHEMA: those of ``connections`` the size cap released early
     non_http: int  # connections made only of TCP entries, never WebSocket candidates
     newest: dict[str, datetime] = field(default_factory=dict)  # newest entry end per source
     late: int = 0  # entries of connections already released with both sides (see Released)
@@ -72,39 +72,42 @@ class Pipeline:
     def feed_decoded(self, decoded: Decoded, watermark: datetime | None = None) -> Step:
         """Correlate decoded entries with what is pending (see ``Correlator.feed``)."""
         released = self.correlator.feed(decoded.entries, watermark)
-        step = self._step(released.connections, decoded.counts, decoded.rejects, released.evicted)
+        step = self._step(released, decoded.counts, decoded.rejects)
         return replace(step, newest=newest_by_source(decoded.entries), late=released.late)
 
     def flush(self) -> Step:
         """End of input: release everything pending."""
-        released = self.correlator.flush()
-        return self._step(released.connections, {}, pl.DataFrame(schema=REJECT_SCHEMA), {})
+        return self._step(self.correlator.flush(), {}, pl.DataFrame(schema=REJECT_SCHEMA))
 
     def release_finished(self) -> Step:
         """Inputs are idle: release every connection that has its final entries, keep open ones."""
         released = self.correlator.release_finished()
-        return self._step(
-            released.connections, {}, pl.DataFrame(schema=REJECT_SCHEMA), released.evicted
-        )
+        return self._step(released, {}, pl.DataFrame(schema=REJECT_SCHEMA))
 
     def open_connections(self) -> pl.DataFrame:
         """Classified connections that have only start/periodic entries so far."""
         return classify(self.correlator.open_rows().filter(pl.col("http")))
 
     def _step(
-        self,
-        rows: pl.DataFrame,
-        counts: dict[LineResult, int],
-        rejects: pl.DataFrame,
-        evicted: dict[str, int],
+        self, released: Released, counts: dict[LineResult, int], rejects: pl.DataFrame
     ) -> Step:
+        rows = released.connections
         http = rows.filter(pl.col("http"))
-        if http.height:
-            connections = classify(http, keep_query=self.keep_query)
-        else:
-            connections = pl.DataFrame(schema=CONNECTION_SCHEMA)
+        connections, early = self._classify(http), self._classify(released.early)
         lines = {result: counts.get(result, 0) for result in LineResult}
-        return Step(connections, lines, rejects, evicted, rows.height - http.height)
+        return Step(connections, lines, rejects, early, rows.height - http.height)
+
+    def _classify(self, rows: pl.DataFrame) -> pl.DataFrame:
+        http = rows.filter(pl.col("http"))
+        if http.height == 0:
+            return pl.DataFrame(schema=CONNECTION_SCHEMA)
+        return classify(http, keep_query=self.keep_query)
+
+
+def early_by_side(early: pl.DataFrame) -> dict[str, int]:
+    """Connections released early by the size cap, by the sides they had (``both`` if paired)."""
+    sides = early.get_column("pairing").replace_strict(PAIRING_SIDES, default="unknown")
+    return {str(side): int(n) for side, n in sides.value_counts().iter_rows()}
 
 
 def newest_by_source(entries: pl.DataFrame) -> dict[str, datetime]:
@@ -155,7 +158,7 @@ class Analysis:
             self._examples.append(step.rejects.head(room))
             self._example_count += min(room, step.rejects.height)
         self._non_http += step.non_http
-        self._evicted.update(step.evicted)
+        self._evicted.update(early_by_side(step.early))
         self._late += step.late
 
     def result(self, *, include_all: bool = False) -> AnalysisResult:

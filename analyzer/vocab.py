@@ -59,6 +59,15 @@ class Pairing(StrEnum):
     UNPAIRED = "unpaired"  # one entry whose side no evidence told (see analyzer.side)
 
 
+# The sides a connection's entries came from, by its pairing: a metric label.
+PAIRING_SIDES = {
+    Pairing.PAIRED: "both",
+    Pairing.CLIENT_ONLY: "client",
+    Pairing.SERVER_ONLY: "server",
+    Pairing.UNPAIRED: "unknown",
+}
+
+
 class TransportFailure(StrEnum):
     """What ``%UPSTREAM_TRANSPORT_FAILURE_REASON%`` says, when the format logs it."""
 
@@ -160,8 +169,8 @@ _CLIENT_CONNECT = Explanation(
 _TLS_TO_SERVER = Explanation(
     "The TLS handshake with the server's sidecar failed (upstream_transport_failure_reason): "
     "an mTLS mismatch (PeerAuthentication STRICT while a DestinationRule sets tls mode DISABLE, "
-    "or a server pod without a sidecar) or a proxy without its certificate yet (\"Secret is not "
-    "supplied by SDS\").",
+    'or a server pod without a sidecar) or a proxy without its certificate yet ("Secret is not '
+    'supplied by SDS").',
     "Run istioctl x describe pod on a server pod; align PeerAuthentication and the "
     "DestinationRule's trafficPolicy.tls; restart the proxy if its certificate never arrived.",
 )
@@ -244,3 +253,4 @@ class RejectReason(StrEnum):
     FORMAT_MISMATCH = "format-mismatch"
     BAD_FRAMING = "bad-framing"
     ENCODING = "encoding"
+    TOO_LONG = "too-long"

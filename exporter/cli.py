@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from analyzer.errors import WslogError
+from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
 from exporter.logs import configure_logging
 from exporter.settings import (
@@ -104,6 +105,14 @@ PendingOpt = Annotated[
         envvar="WSLOG_MAX_PENDING",
     ),
 ]
+LineBytesOpt = Annotated[
+    int,
+    typer.Option(
+        help="Longest line read, in bytes; a longer one is counted malformed (too-long), "
+        "nothing else is lost.",
+        envvar="WSLOG_MAX_LINE_BYTES",
+    ),
+]
 BatchOpt = Annotated[
     float, typer.Option(help="Seconds between micro-batches.", envvar="WSLOG_BATCH_INTERVAL")
 ]
@@ -125,6 +134,7 @@ def _source(
     once: bool,
     kube: KubeSettings,
     *,
+    max_line_bytes: int,
     state_dir: str | None,
 ) -> Source:
     if state_dir is not None and kind is not SourceKind.FILES:
@@ -137,12 +147,16 @@ def _source(
             raise SettingsError("--source files needs at least one --path GLOB")
         if state_dir is not None:
             check_state_dir(state_dir)
-        settings = FileSettings(
-            globs=tuple(paths), from_start=from_start, once=once, state_dir=state_dir
+        files = FileSettings(
+            globs=tuple(paths),
+            from_start=from_start,
+            once=once,
+            max_line_bytes=max_line_bytes,
+            state_dir=state_dir,
         )
-        return FileSource(settings)
+        return FileSource(files)
     if kind is SourceKind.STDIN:
-        return StdinSource()
+        return StdinSource(max_line_bytes=max_line_bytes)
     from exporter.kube import KubeSource
 
     return KubeSource(kube)
@@ -160,15 +174,25 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _pipeline_settings(
-    pair_window: float, clock_skew: float, max_pending: int, batch: float, fmt: str | None
+    pair_window: float,
+    clock_skew: float,
+    max_pending: int,
+    batch: float,
+    fmt: str | None,
+    *,
+    max_line_bytes: int,
 ) -> PipelineSettings:
-    raise_if(validate_pipeline(pair_window, clock_skew, max_pending, batch))
+    problems = validate_pipeline(pair_window, clock_skew, max_pending, batch)
+    if max_line_bytes < 1024:
+        problems.append("--max-line-bytes must be at least 1024")
+    raise_if(problems)
     return PipelineSettings(
         pair_window=timedelta(seconds=pair_window),
         clock_skew=timedelta(seconds=clock_skew),
         max_pending=max_pending,
         batch_interval_s=batch,
         log_format=fmt,
+        max_line_bytes=max_line_bytes,
     )
 
 
@@ -199,6 +223,7 @@ def exporter(
     max_pending: PendingOpt = 200_000,
     batch_interval: BatchOpt = 1.0,
     log_format: FormatOpt = None,
+    max_line_bytes: LineBytesOpt = MAX_LINE_BYTES,
 ) -> None:
     """Follow istio-proxy logs, correlate both sidecars of every WebSocket live, and serve
     Prometheus metrics (see the README's metrics table). Stops cleanly on SIGTERM."""
@@ -207,10 +232,25 @@ def exporter(
         listen_at = Listen.parse(listen)
         series = _positive("--max-series", max_series)
         pipeline = _pipeline_settings(
-            pair_window, clock_skew, max_pending, batch_interval, log_format
+            pair_window,
+            clock_skew,
+            max_pending,
+            batch_interval,
+            log_format,
+            max_line_bytes=max_line_bytes,
         )
-        kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
-        src = _source(source, path or [], from_start, once, kube, state_dir=state_dir)
+        kube = _kube_settings(
+            namespace, selector, since, kubeconfig, context, max_streams, max_line_bytes
+        )
+        src = _source(
+            source,
+            path or [],
+            from_start,
+            once,
+            kube,
+            max_line_bytes=max_line_bytes,
+            state_dir=state_dir,
+        )
         formats = log_formats(log_format)
     from exporter.run import run_exporter
 
@@ -245,6 +285,7 @@ def tail(
     max_pending: PendingOpt = 200_000,
     batch_interval: BatchOpt = 0.5,
     log_format: FormatOpt = None,
+    max_line_bytes: LineBytesOpt = MAX_LINE_BYTES,
 ) -> None:
     """Print each WebSocket connection as soon as it is classified; a summary on Ctrl-C."""
     from rich.console import Console
@@ -254,10 +295,25 @@ def tail(
 
     with _settings_errors("tail"):
         pipeline = _pipeline_settings(
-            pair_window, clock_skew, max_pending, batch_interval, log_format
+            pair_window,
+            clock_skew,
+            max_pending,
+            batch_interval,
+            log_format,
+            max_line_bytes=max_line_bytes,
         )
-        kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
-        src = _source(source, path or [], from_start, once, kube, state_dir=state_dir)
+        kube = _kube_settings(
+            namespace, selector, since, kubeconfig, context, max_streams, max_line_bytes
+        )
+        src = _source(
+            source,
+            path or [],
+            from_start,
+            once,
+            kube,
+            max_line_bytes=max_line_bytes,
+            state_dir=state_dir,
+        )
         formats = log_formats(log_format)
         unknown = set(outcome or []) - {o.value for o in Outcome}
         if unknown:
@@ -293,6 +349,7 @@ def _kube_settings(
     kubeconfig: str | None,
     context: str | None,
     max_streams: int,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> KubeSettings:
     namespaces = tuple(n for item in namespace or [] for n in item.split(",") if n)
     if kubeconfig and not Path(kubeconfig.split(":")[0]).expanduser().exists():
@@ -304,4 +361,5 @@ def _kube_settings(
         kubeconfig=kubeconfig,
         context=context,
         max_concurrent_streams=max_streams,
+        max_line_bytes=max_line_bytes,
     )

@@ -19,6 +19,7 @@ class Health:
 
     def stream_opened(self, kind: str, source: str) -> None:
         self.metrics.streams_active.labels(kind=kind).inc()
+        self.metrics.open_source(source)
 
     def stream_closed(self, kind: str, source: str) -> None:
         """A stream ended for good (pod deleted, file gone): drop its per-source series so a

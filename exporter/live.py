@@ -16,12 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
 from analyzer.classify import select_websockets
 from analyzer.framing import Deframer, Framed, Framing
+from analyzer.lines import HEAD_BYTES, MAX_LINE_BYTES
 from analyzer.pipeline import PathEvidence, Pipeline, Step
 from exporter.sources import Chunk
 
@@ -37,28 +38,52 @@ class LiveAnalyzer:
     on_step: StepSink
     idle_release_s: float = 2.0
     clock: Callable[[], float] = time.monotonic
+    max_line_bytes: int = MAX_LINE_BYTES
+    # Raw bytes of lines accepted but not yet ticked: past this, ``accept`` blocks its source
+    # until the next tick, so a fast input waits instead of filling memory.
+    max_buffered_bytes: int = 32 << 20
     evidence: PathEvidence = field(default_factory=PathEvidence)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Condition = field(default_factory=threading.Condition)
     _deframers: dict[str, Deframer] = field(default_factory=dict)
     _buffer: list[Framed] = field(default_factory=list)
+    _buffered_bytes: int = 0
+    _draining: bool = False
     _last_input: float = 0.0
     _idle_released: bool = True
 
     def accept(self, chunk: Chunk) -> None:
-        """Thread-safe: deframe a source's chunk and keep it for the next tick."""
+        """Thread-safe: deframe a source's chunk and keep it for the next tick; waits while the
+        buffer is full (backpressure), unless the loop is stopping."""
+        size = sum(len(line) if isinstance(line, str) else HEAD_BYTES for line in chunk.lines)
         with self._lock:
+            while self._buffered_bytes >= self.max_buffered_bytes and not self._draining:
+                self._lock.wait(0.5)
             deframer = self._deframers.get(chunk.source)
             if deframer is None:
                 framing = FRAMING_HINTS.get(chunk.framing or "")
-                deframer = self._deframers[chunk.source] = Deframer(chunk.source, framing)
+                deframer = Deframer(chunk.source, framing, self.max_line_bytes)
+                self._deframers[chunk.source] = deframer
             self._buffer.append(deframer.feed_lines(chunk.lines))
+            self._buffered_bytes += size
             self._last_input = self.clock()
             self._idle_released = False
+
+    def drain(self) -> None:
+        """The loop is stopping: never block a source again (it is finishing its last read)."""
+        with self._lock:
+            self._draining = True
+            self._lock.notify_all()
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered_bytes
 
     def tick(self) -> Step | None:
         """Run one micro-batch; returns what it produced (None when there was nothing to do)."""
         with self._lock:
             parts, self._buffer = self._buffer, []
+            self._buffered_bytes = 0
+            self._lock.notify_all()
             idle = (
                 not parts
                 and not self._idle_released
@@ -75,9 +100,10 @@ class LiveAnalyzer:
     def finish(self) -> Step:
         """End of all input: flush deframers and the correlator."""
         with self._lock:
-            parts = [d.flush() for d in self._deframers.values()] + self._buffer
+            parts = self._buffer + [d.flush() for d in self._deframers.values()]
             self._deframers.clear()
-            self._buffer = []
+            self._buffer, self._buffered_bytes = [], 0
+            self._lock.notify_all()
         if parts:
             self._emit(self.pipeline.feed(Framed.concat(parts)))
         return self._emit(self.pipeline.flush())
@@ -85,5 +111,6 @@ class LiveAnalyzer:
     def _emit(self, step: Step) -> Step:
         self.evidence.learn(step.connections)
         websockets = select_websockets(step.connections, self.evidence.paths)
-        self.on_step(step, websockets)
+        early = select_websockets(step.early, self.evidence.paths)
+        self.on_step(replace(step, early=early), websockets)
         return step

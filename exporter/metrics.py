@@ -10,6 +10,8 @@ observation is silently dropped.
 from __future__ import annotations
 
 import contextlib
+import re
+import threading
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,11 +19,11 @@ from dataclasses import dataclass, field
 import polars as pl
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from analyzer.pipeline import Step
+from analyzer.pipeline import Step, early_by_side
+from analyzer.vocab import Pairing
 
 OVERFLOW = "__overflow__"
 UNKNOWN = "unknown"
-UNPAIRED_SIDE = {"client-only": "client", "server-only": "server"}  # else the side is unknown
 
 CONNECTION_LABELS = (
     "destination_service",
@@ -44,12 +46,14 @@ FOLDABLE = frozenset(
         "source",
     }
 )
+NEWEST_FAMILY = "wslog_source_newest_entry_timestamp_seconds"
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 86400)
 
 
 @dataclass
 class _Cap:
-    """Remembers the label sets seen per family and folds new ones past the limit."""
+    """Remembers the label sets seen per family and folds new ones past the limit; a label set
+    forgotten (its source closed) frees its place."""
 
     limit: int
     seen: dict[str, set[tuple[str, ...]]] = field(default_factory=dict)
@@ -64,12 +68,36 @@ class _Cap:
         seen.add(tuple(folded.values()))
         return folded, True
 
+    def forget(self, family: str, labels: dict[str, str]) -> None:
+        self.seen.get(family, set()).discard(tuple(labels.values()))
+
+
+_KUBELET_POD_LOG = re.compile(r"(?:^|/)pods/([a-z0-9.-]+)_([a-z0-9.-]+)_[0-9a-f-]+/[^/]+/[^/]+$")
+_CONTAINER_LOG = re.compile(r"(?:^|/)containers/([a-z0-9.-]+)_([a-z0-9.-]+)_[^/]+\.log$")
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]")
+SOURCE_LABEL_MAX = 128
+
+
+def source_label(source: str) -> str:
+    """The ``source`` label of a stream: ``namespace/pod`` for a pod's log (from the API or
+    kubelet's files), else the file's name; never a pod UID, a directory or an unbounded value."""
+    if match := _KUBELET_POD_LOG.search(source):
+        return f"{match.group(1)}/{match.group(2)}"
+    if match := _CONTAINER_LOG.search(source):
+        return f"{match.group(2)}/{match.group(1)}"
+    if source.startswith("/"):
+        source = source.rsplit("/", 1)[-1]
+    return _LABEL_UNSAFE.sub("_", source)[:SOURCE_LABEL_MAX] or UNKNOWN
+
 
 class Metrics:
     """The exporter's metric families, built on the given registry."""
 
     def __init__(self, registry: CollectorRegistry, max_series: int = 2000) -> None:
         self._cap = _Cap(max_series)
+        self._open_sources: Tally[str] = Tally()
+        self._sources_lock = threading.Lock()
+        self._folded_sources: set[str] = set()  # sources whose newest entry went to OVERFLOW
         self.connections = Counter(
             "wslog_connections_total",
             "WebSocket connections by upgrade path and outcome, counted once when the outcome "
@@ -115,7 +143,9 @@ class Metrics:
         )
         self.evicted = Counter(
             "wslog_pending_evicted_total",
-            "Entries that left the correlation window unpaired, or were evicted by the size cap.",
+            "WebSocket connections that left the correlation state before it was complete: "
+            "reason=window, unpaired when their window passed; reason=size-cap, released early "
+            "because --max-pending was reached (side=both when already paired).",
             ("side", "reason"),
             registry=registry,
         )
@@ -129,7 +159,7 @@ class Metrics:
             registry=registry,
         )
         self.newest_entry = Gauge(
-            "wslog_source_newest_entry_timestamp_seconds",
+            NEWEST_FAMILY,
             "Start time plus duration of the newest access-log entry read, per source.",
             ("source",),
             registry=registry,
@@ -191,13 +221,35 @@ class Metrics:
             if count:
                 self.rejects.labels(reason=reason).inc(count)
 
+    def open_source(self, source: str) -> None:
+        with self._sources_lock:
+            self._open_sources[source_label(source)] += 1
+
     def forget_source(self, source: str) -> None:
-        with contextlib.suppress(KeyError):
-            self.newest_entry.remove(source)
+        """A stream closed: once no open stream has its label, its series and its place under
+        the series cap go (so a stale-source alert does not fire for it forever)."""
+        labels = {"source": source_label(source)}
+        with self._sources_lock:
+            self._open_sources[labels["source"]] -= 1
+            if self._open_sources[labels["source"]] > 0:
+                return
+            del self._open_sources[labels["source"]]
+            self._cap.forget(NEWEST_FAMILY, labels)
+            gone = [labels["source"]]
+            if labels["source"] in self._folded_sources:
+                self._folded_sources.discard(labels["source"])
+                gone += [] if self._folded_sources else [OVERFLOW]
+            for label in gone:
+                with contextlib.suppress(KeyError):
+                    self.newest_entry.remove(label)
 
     def record_newest(self, source: str, timestamp_s: float) -> None:
-        labels = self._labels("wslog_source_newest_entry_timestamp_seconds", {"source": source})
-        self.newest_entry.labels(**labels).set(timestamp_s)
+        label = source_label(source)
+        with self._sources_lock:
+            labels = self._labels(NEWEST_FAMILY, {"source": label})
+            if labels["source"] == OVERFLOW:
+                self._folded_sources.add(label)
+            self.newest_entry.labels(**labels).set(timestamp_s)
 
 
 def new_registry() -> CollectorRegistry:
@@ -221,12 +273,14 @@ def record_step(
     )
     for row in websockets.iter_rows(named=True):
         metrics.record_connection(row)
-    for side, count in step.evicted.items():
+    early = early_by_side(step.early)  # WebSockets only: see LiveAnalyzer
+    for side, count in early.items():
         metrics.evicted.labels(side=side, reason="size-cap").inc(count)
-    unpaired = websockets.filter(pl.col("pairing") != "paired")
-    for pairing, count in unpaired.group_by("pairing").len().iter_rows():
-        side = UNPAIRED_SIDE.get(pairing, "unknown")
-        metrics.evicted.labels(side=side, reason="window").inc(count)
+    unpaired = early_by_side(websockets.filter(pl.col("pairing") != Pairing.PAIRED))
+    for side, count in unpaired.items():
+        left = count - early.get(side, 0)  # released early: counted above, not again here
+        if left > 0:
+            metrics.evicted.labels(side=side, reason="window").inc(left)
     metrics.pending.set(correlator_pending)
     for source, end in step.newest.items():
         metrics.record_newest(source, end.timestamp())

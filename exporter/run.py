@@ -32,7 +32,13 @@ def build_live(settings: PipelineSettings, formats: FormatSet, on_step: OnStep) 
     )
     pipeline = Pipeline(formats=formats, settings=correlation)
     idle = settings.pair_window.total_seconds()
-    return LiveAnalyzer(pipeline=pipeline, on_step=on_step, idle_release_s=idle)
+    return LiveAnalyzer(
+        pipeline=pipeline,
+        on_step=on_step,
+        idle_release_s=idle,
+        max_line_bytes=settings.max_line_bytes,
+        max_buffered_bytes=settings.max_buffered_bytes,
+    )
 
 
 @dataclass
@@ -61,7 +67,8 @@ class Loop:
             self.after_tick()
             if finished and self.exit_on_end:
                 break
-        feeder.join(timeout=5)  # the source's last chunks (and saved positions) before the flush
+        self.live.drain()
+        feeder.join(timeout=5)  # the source sees stop and hands over its last lines
         if not finished:
             self.live.finish()
             self.after_tick()

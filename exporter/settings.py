@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
+from analyzer.lines import MAX_LINE_BYTES
+
 
 class SourceKind(StrEnum):
     KUBERNETES = "kubernetes"
@@ -44,6 +46,8 @@ class PipelineSettings:
     max_pending: int
     batch_interval_s: float
     log_format: str | None
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_buffered_bytes: int = 32 << 20
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Protocol
+
+from analyzer.lines import MAX_LINE_BYTES, LineAssembler, Overlong, Segment, split_segment
 
 __all__ = [
     "Chunk",
@@ -32,6 +34,7 @@ __all__ = [
     "StdinSource",
     "decode_line",
     "emit",
+    "lines_of",
     "split_lines",
 ]
 
@@ -67,7 +70,7 @@ class Chunk:
     """Complete raw lines of one stream, without their trailing newline."""
 
     source: str  # "namespace/pod" (kubernetes), the file path (files), "-" (stdin)
-    lines: tuple[str, ...]
+    lines: tuple[str | Overlong, ...]  # Overlong: a line over the bound, counted ``too-long``
     framing: str | None  # "timestamps", "cri", or None: let the deframer detect it
 
 
@@ -109,6 +112,7 @@ class KubeSettings:
     watch_timeout_s: int = 300  # server-side timeoutSeconds of each watch
     deleted_grace_s: float = 10.0  # keep reading a deleted pod's stream this long at most
     chunk_max_lines: int = 1000
+    max_line_bytes: int = MAX_LINE_BYTES
 
     def __post_init__(self) -> None:
         if self.max_concurrent_streams < 1:
@@ -132,6 +136,7 @@ class FileSettings:
     framing: str | None = None  # None: detect (CRI under /var/log/pods, else plain)
     read_size: int = 1 << 20  # bytes read and handed over at a time: bounds the memory used
     chunk_max_lines: int = 1000
+    max_line_bytes: int = MAX_LINE_BYTES
     state_dir: str | None = None  # keep read positions here across restarts (exporter.filestate)
     state_interval_s: float = 2.0  # save them at most this often (and at a clean stop)
 
@@ -169,9 +174,15 @@ def decode_line(raw: bytes) -> str:
 class StdinSource:
     """Lines from a binary stream (stdin by default) until it ends or ``stop`` is set."""
 
-    def __init__(self, stream: IO[bytes] | None = None, chunk_max_lines: int = 1000) -> None:
+    def __init__(
+        self,
+        stream: IO[bytes] | None = None,
+        chunk_max_lines: int = 1000,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
         self._stream = stream
         self._chunk_max_lines = chunk_max_lines
+        self._max_line_bytes = max_line_bytes
 
     def run(self, sink: Sink, stop: threading.Event, events: SourceEvents) -> None:
         import sys
@@ -188,15 +199,25 @@ class StdinSource:
             events.stream_closed("stdin", "-")
 
     def _pump(self, read: Callable[[], bytes], sink: Sink, stop: threading.Event) -> None:
-        pending = b""
+        assembler = LineAssembler(self._max_line_bytes)
         while not stop.is_set():
             data = read()
             if not data:
                 break
-            lines, pending = split_lines(pending, data)
-            emit(sink, "-", lines, None, self._chunk_max_lines)
-        if pending and not stop.is_set():
-            emit(sink, "-", [decode_line(pending)], None, self._chunk_max_lines)
+            emit(sink, "-", lines_of(assembler.feed(data)), None, self._chunk_max_lines)
+        if not stop.is_set():
+            emit(sink, "-", lines_of(assembler.finish()), None, self._chunk_max_lines)
+
+
+def lines_of(segments: list[Segment]) -> list[str | Overlong]:
+    """The lines of a ``LineAssembler``'s segments, decoded; an ``Overlong`` stays one item."""
+    lines: list[str | Overlong] = []
+    for segment in segments:
+        if isinstance(segment, Overlong):
+            lines.append(segment)
+        else:
+            lines.extend(split_segment(segment))
+    return lines
 
 
 def _fd_reader(fd: int, stop: threading.Event, poll_s: float = 0.2) -> Callable[[], bytes]:
@@ -222,7 +243,13 @@ def _read_some(stream: IO[bytes]) -> bytes:
     return stream.read(65536)
 
 
-def emit(sink: Sink, source: str, lines: list[str], framing: str | None, max_lines: int) -> None:
+def emit(
+    sink: Sink,
+    source: str,
+    lines: Sequence[str | Overlong],
+    framing: str | None,
+    max_lines: int,
+) -> None:
     """Hand ``lines`` to ``sink`` in chunks of at most ``max_lines``."""
     for start in range(0, len(lines), max_lines):
         sink(Chunk(source, tuple(lines[start : start + max_lines]), framing))

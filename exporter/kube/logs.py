@@ -33,6 +33,7 @@ from kubernetes import client, watch
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
+from analyzer.lines import LineAssembler
 from exporter.kube.resume import NS, Cursor, Resume, parse_timestamp, since_time
 from exporter.sources import (
     TIMESTAMPS,
@@ -42,7 +43,7 @@ from exporter.sources import (
     SourceError,
     SourceEvents,
     emit,
-    split_lines,
+    lines_of,
 )
 
 __all__ = ["Cursor", "KubeSource", "LogStream", "Resume", "parse_timestamp", "since_time"]
@@ -421,11 +422,10 @@ class LogStream:
             self._response = response
         if opened:
             shared.events.stream_opened(KIND, self.pod.source)
-        pending, delivered = b"", False
+        assembler, delivered = LineAssembler(shared.settings.max_line_bytes), False
         try:
             for data in _iter_body(response):
-                lines, pending = split_lines(pending, data)
-                fresh = resume.admit(lines)
+                fresh = resume.admit(lines_of(assembler.feed(data)))
                 self.cursor = resume.cursor
                 if fresh:
                     delivered = True

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from analyzer.lines import Overlong
+
 NS = 1_000_000_000
 
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
@@ -54,11 +56,11 @@ class Resume:
         self._skipping = cursor is not None
         self._equal_left = cursor.count if cursor is not None else 0
 
-    def admit(self, lines: list[str]) -> list[str]:
+    def admit(self, lines: list[str | Overlong]) -> list[str | Overlong]:
         return [line for line in lines if self._admit(line)]
 
-    def _admit(self, line: str) -> bool:
-        ts = parse_timestamp(line)
+    def _admit(self, line: str | Overlong) -> bool:
+        ts = parse_timestamp(line.excerpt() if isinstance(line, Overlong) else line)
         if ts is None:
             return True
         if self._skipping and self.cursor is not None:
