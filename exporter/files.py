@@ -20,9 +20,11 @@ do. Each poll of a path:
   be told from appended content (real log lines start with distinct timestamps); a truncation
   racing the read of one block drops that block, because it cannot be told whether it was read
   before or after (its lines were old content, which copytruncate's copy holds).
-- reads go by blocks of ``read_size``, each handed over before the next is read: memory is
-  bounded by a block and a partial line, not by the file;
-- a partial trailing line is held until its newline arrives (or the file is finished);
+- reads go by blocks of ``read_size``, each handed over before the next is read (and the
+  pipeline's ``accept`` blocks while its buffer is full): memory is bounded by a block and a
+  partial line, not by the file;
+- a partial trailing line is held until its newline arrives (or the file is finished), at most
+  ``max_line_bytes`` of it (``analyzer.lines``: a longer line is counted ``too-long``);
 - the globs are re-expanded every interval, so new pods' files are picked up from their start.
 
 Where a file is first read from: the saved position when ``--state-dir`` holds one for this
@@ -44,21 +46,15 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from analyzer.lines import LineAssembler, Overlong
 from exporter.filestate import Checkpoint, SavedState, StateStore, fingerprint
-from exporter.sources import (
-    FileSettings,
-    RestartReason,
-    Sink,
-    SourceEvents,
-    decode_line,
-    emit,
-    split_lines,
-)
+from exporter.sources import FileSettings, RestartReason, Sink, SourceEvents, emit, lines_of
 
 __all__ = ["FINGERPRINT_BYTES", "FileFollower", "FileSource"]
 
 KIND = "files"
 FINGERPRINT_BYTES = 1024
+Lines = list[str | Overlong]
 
 
 @dataclass(frozen=True)
@@ -71,21 +67,24 @@ class _Identity:
         return cls(stat.st_dev, stat.st_ino)
 
 
-class _LineAssembler:
-    """Bytes in, complete lines out, a partial last line held: the one place that splits."""
+class _Lines:
+    """Bytes in, complete lines out (``analyzer.lines``: bounded length, a partial last line
+    held); also how many bytes fed are not part of a complete line yet."""
 
-    def __init__(self) -> None:
-        self.pending = b""
+    def __init__(self, max_line_bytes: int) -> None:
+        self._assembler = LineAssembler(max_line_bytes)
+        self.unfinished = 0  # bytes since the end of the last complete line
 
-    def feed(self, data: bytes) -> list[str]:
-        lines, self.pending = split_lines(self.pending, data)
-        return lines
+    def feed(self, data: bytes) -> Lines:
+        segments = self._assembler.feed(data)
+        used = sum(len(s) if isinstance(s, bytes) else s.length + 1 for s in segments)
+        self.unfinished += len(data) - used
+        return lines_of(segments)
 
-    def flush(self) -> list[str]:
+    def flush(self) -> Lines:
         """The input ended: the partial line is a line after all."""
-        lines = [decode_line(self.pending)] if self.pending else []
-        self.pending = b""
-        return lines
+        self.unfinished = 0
+        return lines_of(self._assembler.finish())
 
 
 class FileFollower:
@@ -93,13 +92,13 @@ class FileFollower:
 
     def __init__(self, path: str, settings: FileSettings, *, from_start: bool) -> None:
         self.path = path
-        self._read_size = settings.read_size
+        self._read_size, self._max_line_bytes = settings.read_size, settings.max_line_bytes
         self._from_start = from_start
         self._file: io.FileIO | None = None
         self.identity: _Identity | None = None
         self._position = 0
         self._head = b""  # the file's first bytes as read: its fingerprint
-        self._lines = _LineAssembler()
+        self._lines = _Lines(settings.max_line_bytes)
         self._skip_partial = False  # started in the middle of a line: drop up to its end
 
     @property
@@ -111,7 +110,7 @@ class FileFollower:
         handle = io.FileIO(self.path, "rb")
         self._file, self.identity = handle, _Identity.of(os.fstat(handle.fileno()))
         self._position, self._head, self._skip_partial = 0, b"", False
-        self._lines = _LineAssembler()
+        self._lines = _Lines(self._max_line_bytes)
         return self.identity
 
     def place(self, checkpoint: Checkpoint | None) -> None:
@@ -132,7 +131,7 @@ class FileFollower:
         except FileNotFoundError:
             return True
 
-    def read_block(self) -> list[str] | Literal[RestartReason.TRUNCATED] | None:
+    def read_block(self) -> Lines | Literal[RestartReason.TRUNCATED] | None:
         """Lines the next block completes; None at the end of what is written; ``TRUNCATED``
         (and nothing delivered) when the file no longer holds what was read."""
         if self._file is None:
@@ -150,11 +149,11 @@ class FileFollower:
             data, self._skip_partial = data[cut + 1 :], False
         return self._lines.feed(data)
 
-    def flush(self) -> list[str]:
+    def flush(self) -> Lines:
         """The file will not grow any more: its partial trailing line is a line after all."""
         return [] if self._skip_partial else self._lines.flush()
 
-    def restart(self) -> list[str]:
+    def restart(self) -> Lines:
         """After truncation: the old content's partial last line, and back to the start."""
         lines = self.flush()
         self._position, self._head, self._skip_partial = 0, b"", False
@@ -163,7 +162,7 @@ class FileFollower:
     def checkpoint(self) -> Checkpoint:
         """Where a restarted exporter resumes this file: after its last complete line."""
         assert self.identity is not None, "checkpoint of a file never opened"
-        offset = self._position - len(self._lines.pending)
+        offset = self._position - self._lines.unfinished
         return Checkpoint(
             path=self.path,
             device=self.identity.device,
@@ -355,7 +354,7 @@ class FileSource:
             if follower.is_open:
                 self._emit(sink, follower.path, follower.flush())
 
-    def _emit(self, sink: Sink, path: str, lines: list[str]) -> None:
+    def _emit(self, sink: Sink, path: str, lines: Lines) -> None:
         emit(sink, path, lines, self.settings.framing, self.settings.chunk_max_lines)
 
     def _save(self, *, force: bool = False) -> None:

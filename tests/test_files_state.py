@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from analyzer.lines import Overlong
 from exporter.files import FileSource
 from exporter.filestate import (
     STATE_FILE,
@@ -110,6 +111,20 @@ def test_a_restart_resumes_after_the_last_line_handed_over(
     append(log, "ne\n" + text(lines("while-stopped", 30)))
     second = life(settings(tmp_path, str(log), from_start=from_start), 31)
     assert second == [CRI + "half of a line", *lines("while-stopped", 30)]
+
+
+def test_a_restart_inside_an_over_long_line_resumes_at_its_start(tmp_path: Path) -> None:
+    """A line past ``max_line_bytes`` is held as a count, not as bytes: the saved offset is
+    still the end of the last complete line, so the long line is counted once, whole."""
+    log = tmp_path / "0.log"
+    long_line = "x" * 5000
+    append(log, text(lines("a", 2)) + long_line[:3000])
+    small = {"max_line_bytes": 1024, "read_size": 256}
+    assert life(settings(tmp_path, str(log), from_start=True, **small), 2) == lines("a", 2)
+    append(log, long_line[3000:] + "\n" + text(lines("b", 2)))
+    overlong, *rest = life(settings(tmp_path, str(log), **small), 3)
+    assert isinstance(overlong, Overlong) and overlong.length == len(long_line)
+    assert rest == lines("b", 2)
 
 
 def test_files_that_appeared_while_stopped_are_read_from_their_start(tmp_path: Path) -> None:
