@@ -50,7 +50,7 @@ from analyzer.lines import LineAssembler, Overlong
 from exporter.filestate import Checkpoint, SavedState, StateStore, fingerprint
 from exporter.sources import FileSettings, RestartReason, Sink, SourceEvents, emit, lines_of
 
-__all__ = ["FINGERPRINT_BYTES", "FileFollower", "FileSource"]
+__all__ = ["FileFollower", "FileSource"]
 
 KIND = "files"
 FINGERPRINT_BYTES = 1024

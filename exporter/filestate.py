@@ -11,6 +11,17 @@ file truncated and rewritten, or a new file on a reused inode, from the one that
 ``offset`` is the end of the last complete line handed to the pipeline: a partial line is
 read again after a restart, never delivered twice.
 
+When: every ``state_interval_s`` (2 s) when a position moved, and at a clean stop, after the
+source handed over its last lines and before the exporter flushes them through the pipeline, so
+a SIGTERM and a restart are exact (for Prometheus, less what the old process counted after its
+last scrape, as with any counter reset). A SIGKILL, an OOM kill or a node crash loses what
+happened since the last save: lines handed over after it are read and counted again; lines
+handed over before it but not yet through a tick (at most ``--batch-interval`` of them) are
+never counted. Both windows are a few seconds of traffic at most. Positions are per line, not
+per connection: an entry still waiting for its other side at the stop is released single-sided
+(SIGTERM) or lost with the process (SIGKILL), so a connection whose two entries straddle a
+restart counts as ``client-only`` plus ``server-only``.
+
 The state is one small JSON file, written to a temporary file, fsynced and renamed over the old
 one, so a crash leaves the previous state or the new one, never a torn one. It holds no log
 content (the fingerprint is a SHA-256). One exporter uses a state directory at a time: it holds
