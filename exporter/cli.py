@@ -42,6 +42,14 @@ FromStartOpt = Annotated[
 OnceOpt = Annotated[
     bool, typer.Option(help="files: read to the end of every file, then stop following.")
 ]
+StateDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="files: keep each file's read position in this directory, so that a restart "
+        "resumes where the last run stopped (no line lost or counted twice).",
+        envvar="WSLOG_STATE_DIR",
+    ),
+]
 NamespaceOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -127,14 +135,24 @@ def _source(
     kube: KubeSettings,
     *,
     max_line_bytes: int,
+    state_dir: str | None,
 ) -> Source:
+    if state_dir is not None and kind is not SourceKind.FILES:
+        raise SettingsError("--state-dir applies only to --source files")
     if kind is SourceKind.FILES:
         from exporter.files import FileSource
+        from exporter.filestate import check_state_dir
 
         if not paths:
             raise SettingsError("--source files needs at least one --path GLOB")
+        if state_dir is not None:
+            check_state_dir(state_dir)
         files = FileSettings(
-            globs=tuple(paths), from_start=from_start, once=once, max_line_bytes=max_line_bytes
+            globs=tuple(paths),
+            from_start=from_start,
+            once=once,
+            max_line_bytes=max_line_bytes,
+            state_dir=state_dir,
         )
         return FileSource(files)
     if kind is SourceKind.STDIN:
@@ -183,6 +201,7 @@ def exporter(
     path: PathOpt = None,
     from_start: FromStartOpt = False,
     once: OnceOpt = False,
+    state_dir: StateDirOpt = None,
     namespace: NamespaceOpt = None,
     selector: SelectorOpt = "",
     since: SinceOpt = None,
@@ -223,7 +242,15 @@ def exporter(
         kube = _kube_settings(
             namespace, selector, since, kubeconfig, context, max_streams, max_line_bytes
         )
-        src = _source(source, path or [], from_start, once, kube, max_line_bytes=max_line_bytes)
+        src = _source(
+            source,
+            path or [],
+            from_start,
+            once,
+            kube,
+            max_line_bytes=max_line_bytes,
+            state_dir=state_dir,
+        )
         formats = log_formats(log_format)
     from exporter.run import run_exporter
 
@@ -236,6 +263,7 @@ def tail(
     path: PathOpt = None,
     from_start: FromStartOpt = False,
     once: OnceOpt = False,
+    state_dir: StateDirOpt = None,
     namespace: NamespaceOpt = None,
     selector: SelectorOpt = "",
     since: SinceOpt = None,
@@ -277,7 +305,15 @@ def tail(
         kube = _kube_settings(
             namespace, selector, since, kubeconfig, context, max_streams, max_line_bytes
         )
-        src = _source(source, path or [], from_start, once, kube, max_line_bytes=max_line_bytes)
+        src = _source(
+            source,
+            path or [],
+            from_start,
+            once,
+            kube,
+            max_line_bytes=max_line_bytes,
+            state_dir=state_dir,
+        )
         formats = log_formats(log_format)
         unknown = set(outcome or []) - {o.value for o in Outcome}
         if unknown:

@@ -134,15 +134,19 @@ class FileSettings:
     poll_interval_s: float = 0.25
     once: bool = False  # replay: read every matched file to its end, then return
     framing: str | None = None  # None: detect (CRI under /var/log/pods, else plain)
-    read_size: int = 1 << 20
+    read_size: int = 1 << 20  # bytes read and handed over at a time: bounds the memory used
     chunk_max_lines: int = 1000
     max_line_bytes: int = MAX_LINE_BYTES
+    state_dir: str | None = None  # keep read positions here across restarts (exporter.filestate)
+    state_interval_s: float = 2.0  # save them at most this often (and at a clean stop)
 
     def __post_init__(self) -> None:
         if not self.globs:
             raise ValueError("at least one path or glob is required")
         if self.poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
+        if self.read_size < 1 or self.state_interval_s <= 0:
+            raise ValueError("read_size and state_interval_s must be positive")
 
 
 def split_lines(pending: bytes, data: bytes) -> tuple[list[str], bytes]:

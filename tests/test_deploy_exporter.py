@@ -28,6 +28,7 @@ from tests.deploy.manifests import (
 
 Obj = dict[str, Any]
 VARIANTS = ("exporter", "exporter/namespaced", "exporter/daemonset")
+STATE_DIR = "/var/lib/wslog"
 LEAST_PRIVILEGE = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
@@ -151,11 +152,25 @@ def test_daemonset_reads_node_logs_through_a_read_only_host_path() -> None:
     pod = _pod("exporter/daemonset")
     volumes = {v["name"]: v for v in pod["volumes"]}
     host_paths = {v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v}
-    assert host_paths == {"/var/log/pods"}
+    assert host_paths == {"/var/log/pods", STATE_DIR}
     for mount in pod["containers"][0]["volumeMounts"]:
         if "hostPath" in volumes[mount["name"]]:
-            assert mount["readOnly"] is True
+            assert mount.get("readOnly", False) is (mount["mountPath"] != STATE_DIR)
             assert mount["mountPath"] == volumes[mount["name"]]["hostPath"]["path"]
+
+
+def test_daemonset_keeps_file_positions_on_the_node_across_restarts() -> None:
+    """--state-dir on a hostPath: a new pod on the node resumes where the last one stopped
+    (an emptyDir would go with the pod); the only writable host path is that directory."""
+    pod = _pod("exporter/daemonset")
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[args.index("--state-dir") + 1] == STATE_DIR
+    (volume,) = [v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == STATE_DIR]
+    assert volume["hostPath"]["type"] == "DirectoryOrCreate"
+    writable = [m for m in container["volumeMounts"] if not m.get("readOnly", False)]
+    assert sorted(m["mountPath"] for m in writable) == ["/tmp", STATE_DIR]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -325,6 +325,8 @@ def test_cli_serves_endpoints_and_stops_cleanly_on_sigterm() -> None:
         (["--source", "files"], "--path"),
         (["--max-series", "0"], "--max-series"),
         (["--log-format", "@/no/such/file"], "cannot read"),
+        (["--source", "files", "--path", "x.log", "--state-dir", "/dev/null/x"], "cannot write"),
+        (["--source", "stdin", "--state-dir", "state"], "only to --source files"),
     ],
 )
 def test_bad_settings_exit_2_with_the_fix(args: list[str], message: str) -> None:
@@ -375,3 +377,79 @@ def test_bytes_that_are_not_utf8_count_as_analyze_counts_them(tmp_path: Path) ->
     assert by_result == {k: v for k, v in lines.items() if v}
     reasons = {labels["reason"]: v for labels, v in samples["wslog_malformed_lines_total"]}
     assert reasons == {"encoding": 2}
+
+
+def _count_lines_until(port: int, expected: int, *, quiet_s: float = 0.6) -> None:
+    """Wait until ``wslog_log_lines_total`` is ``expected``; then it must stay there."""
+    deadline = time.monotonic() + 30
+    while (counted := total(scrape(port), "wslog_log_lines_total")) != expected:
+        assert counted < expected, f"counted {counted} lines, expected {expected}"
+        assert time.monotonic() < deadline, f"counted {counted} lines, expected {expected}"
+        time.sleep(0.1)
+    time.sleep(quiet_s)
+    assert total(scrape(port), "wslog_log_lines_total") == expected
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    proc.send_signal(sig)
+    assert proc.wait(timeout=20) == (0 if sig is signal.SIGTERM else -sig)
+
+
+def _saved_offset(state: Path) -> int:
+    """The offset ``--state-dir`` holds for the one followed file (-1 before a save)."""
+    try:
+        (entry,) = json.loads((state / "files.json").read_bytes())["files"]
+    except FileNotFoundError:
+        return -1
+    return int(entry["offset"])
+
+
+@pytest.mark.parametrize(
+    ("state_dir", "from_start", "sig", "second_counts"),
+    [
+        (True, False, signal.SIGTERM, "M"),
+        (True, True, signal.SIGTERM, "M"),
+        (True, True, signal.SIGKILL, "M"),  # killed after the periodic save covered the N
+        (False, False, signal.SIGTERM, "0"),  # documented: what was written while down is lost
+        (False, True, signal.SIGTERM, "N+M"),  # documented: counted again after the reset
+    ],
+    ids=["state", "state-from-start", "state-sigkill", "no-state", "no-state-from-start"],
+)
+def test_a_restart_through_the_cli_counts_lines_written_while_down_once_with_a_state_dir(
+    tmp_path: Path, state_dir: bool, from_start: bool, sig: signal.Signals, second_counts: str
+) -> None:
+    """Issue 12, item 5: count N lines, stop, M lines written while down, start again; then K
+    more lines once the file is followed, to see that nothing else arrives late."""
+    log, state = tmp_path / "access.log", tmp_path / "state"
+    n, m, k = 50, 30, 7
+    log.write_text("".join(f"line {i} before the restart\n" for i in range(n)))
+    flags = ["--source", "files", "--path", str(log), "--listen", "127.0.0.1:0"]
+    flags += ["--batch-interval", "0.1", *(["--state-dir", str(state)] if state_dir else [])]
+    first = _start_cli(*flags, "--from-start")
+    try:
+        _count_lines_until(_port_from_logs(first), n)
+        deadline = time.monotonic() + 20
+        while sig is signal.SIGKILL and _saved_offset(state) != log.stat().st_size:
+            assert time.monotonic() < deadline, "the positions were never saved"
+            time.sleep(0.1)
+        _stop(first, sig)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    with log.open("a") as handle:
+        handle.write("".join(f"line {i} while the exporter was down\n" for i in range(m)))
+    second = _start_cli(*flags, *(["--from-start"] if from_start else []))
+    try:
+        port = _port_from_logs(second)
+        deadline = time.monotonic() + 30
+        while total(scrape(port), "wslog_streams_active") < 1:
+            assert time.monotonic() < deadline, "the file was never opened"
+            time.sleep(0.05)
+        with log.open("a") as handle:
+            handle.write("".join(f"line {i} after the restart\n" for i in range(k)))
+        expected = {"M": m, "0": 0, "N+M": n + m}[second_counts] + k
+        _count_lines_until(port, expected)
+        _stop(second, signal.SIGTERM)
+    finally:
+        if second.poll() is None:
+            second.kill()

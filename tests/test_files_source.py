@@ -1,18 +1,21 @@
 """exporter.files on real files in a temporary directory: rotation, truncation, partial lines,
-from-start versus from-end, glob re-expansion and the once (replay) mode."""
+from-start versus from-end, glob re-expansion, bounded reads and the once (replay) mode."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
+import tracemalloc
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from exporter.files import FileSource
-from exporter.sources import FileSettings
+from exporter.sources import Chunk, FileSettings
 from tests.fake_k8s import Recorder, wait
 
 pytestmark = pytest.mark.timeout(30)
@@ -41,6 +44,12 @@ class Following:
         wait(lambda: len(self.rec.lines(source)) >= len(expected), 5)
         time.sleep(0.15)  # a few more polls: nothing more may arrive
         assert self.rec.lines(source) == expected
+
+    def expect_once_each(self, expected: list[str]) -> None:
+        """Every line exactly once, in whatever order the files were read."""
+        wait(lambda: len(self.rec.lines()) >= len(expected), 5)
+        time.sleep(0.15)
+        assert Counter(self.rec.lines()) == Counter(expected)
 
 
 @pytest.fixture
@@ -132,6 +141,95 @@ def test_copytruncate_rereads_the_file_from_its_start(
     write(log, text(lines("b", 2)))
     run.expect(lines("a", 5) + lines("b", 2))
     assert (str(log), "truncated") in run.rec.restarts
+
+
+def test_copytruncate_then_a_burst_before_the_next_poll_loses_no_line(
+    tmp_path: Path, follow: Callable[..., Following]
+) -> None:
+    """Truncated, then written past the old position before the next poll (issue 12, item 4):
+    the size cannot tell, the file's first bytes do; the burst is read whole, from its start."""
+    log = tmp_path / "0.log"
+    log.touch()
+    run = follow(str(log), poll_interval_s=1.0)
+    write(log, text(lines("a", 3000)))
+    run.expect(lines("a", 3000))  # a poll has just happened: the next one is ~1 s away
+    burst = lines("burst-written-right-after-the-truncation", 3000)
+    with log.open("r+", encoding="utf-8") as handle:
+        handle.truncate(0)
+        handle.write(text(burst))
+    assert log.stat().st_size > len(text(lines("a", 3000)))
+    run.expect(lines("a", 3000) + burst)
+    assert run.rec.restarts == [(str(log), "truncated")]
+
+
+def test_copytruncate_delivers_the_old_partial_last_line_as_a_line(
+    tmp_path: Path, follow: Callable[..., Following]
+) -> None:
+    """As ``wslog analyze`` reads a file's last line; then the new content, from its start."""
+    log = tmp_path / "0.log"
+    log.touch()
+    run = follow(str(log))
+    write(log, text(lines("a", 5)) + "an unfinished li")
+    run.expect(lines("a", 5))
+    with log.open("r+") as handle:
+        handle.truncate(0)
+    write(log, text(lines("b", 2)))
+    run.expect([*lines("a", 5), "an unfinished li", *lines("b", 2)])
+    assert run.rec.restarts == [(str(log), "truncated")]
+
+
+def test_a_rotated_file_the_glob_still_matches_is_not_read_again(
+    tmp_path: Path, follow: Callable[..., Following]
+) -> None:
+    """``0.log`` renamed to ``0.log.<time>`` under a glob matching both: the renamed file is
+    taken up where ``0.log`` left it, so its late lines arrive and nothing arrives twice."""
+    log = tmp_path / "0.log"
+    log.touch()
+    run = follow(str(tmp_path / "0.log*"))
+    write(log, text(lines("a", 3)))
+    run.expect(lines("a", 3))
+    with log.open("a") as old:  # the writer still holds the old file while it is renamed
+        old.write(text(lines("late", 2)))
+        old.flush()
+        os.rename(log, tmp_path / "0.log.20240101-000000")
+        write(log, text(lines("b", 3)))
+        time.sleep(0.2)  # several polls: 0.log's old file was finished
+        old.write(text(lines("later", 2)))
+    run.expect_once_each(lines("a", 3) + lines("late", 2) + lines("b", 3) + lines("later", 2))
+
+
+class _Digest:
+    """A sink that keeps no line: a running hash, a count and the largest chunk in bytes."""
+
+    def __init__(self) -> None:
+        self.hash, self.lines, self.chunks, self.largest = hashlib.sha256(), 0, 0, 0
+
+    def sink(self, chunk: Chunk) -> None:
+        for line in chunk.lines:
+            self.hash.update(line.encode() + b"\n")
+        self.lines += len(chunk.lines)
+        self.chunks += 1
+        self.largest = max(self.largest, sum(len(line) + 1 for line in chunk.lines))
+
+
+def test_a_file_much_larger_than_a_block_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """Issue 12, item 3: ``--from-start --once`` on a large file held all of it at once."""
+    log = tmp_path / "big.log"
+    content = text(lines("big", 60_000)).encode()  # about 4 MB
+    log.write_bytes(content)
+    block = 64 * 1024
+    settings = FileSettings(globs=(str(log),), once=True, read_size=block, chunk_max_lines=10**6)
+    digest, rec = _Digest(), Recorder()
+    tracemalloc.start()
+    try:
+        FileSource(settings).run(digest.sink, threading.Event(), rec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak} bytes for a {len(content)}-byte file"  # was 8 MB
+    assert digest.lines == 60_000 and digest.hash.digest() == hashlib.sha256(content).digest()
+    assert digest.chunks >= len(content) // block
+    assert digest.largest <= block + 100  # a block, and the line it completed
 
 
 def test_glob_picks_up_new_files_from_their_start(
