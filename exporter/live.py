@@ -17,10 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import polars as pl
 
 from analyzer.classify import select_websockets
+from analyzer.decode import decode_framed
 from analyzer.framing import Deframer, Framed, Framing
 from analyzer.lines import HEAD_BYTES, MAX_LINE_BYTES
 from analyzer.pipeline import PathEvidence, Pipeline, Step
@@ -30,6 +32,31 @@ ConnectionSink = Callable[[pl.DataFrame], None]
 StepSink = Callable[[Step, pl.DataFrame], None]
 
 FRAMING_HINTS = {"timestamps": Framing.KUBECTL_TIMESTAMPS, "cri": Framing.CRI}
+
+
+@dataclass
+class SourceProgress:
+    """How far each source has got in event time (the start of its last entry, as
+    ``wslog analyze`` tracks its inputs): the watermark is the oldest progress among the sources
+    that delivered an entry within ``idle_s``, so a pod whose log lags behind another's is
+    waited for, and a silent one does not hold the others back."""
+
+    idle_s: float
+    _last: dict[str, tuple[int, float]] = field(default_factory=dict)  # source: (start us, seen)
+
+    def learn(self, entries: pl.DataFrame, now: float) -> None:
+        last = (
+            entries.select("source", us=pl.col("start_time").dt.epoch("us"))
+            .drop_nulls()
+            .group_by("source", maintain_order=True)
+            .agg(pl.col("us").last())
+        )
+        for source, start_us in last.iter_rows():
+            self._last[source] = (start_us, now)
+
+    def watermark(self, now: float) -> datetime | None:
+        active = [us for us, seen in self._last.values() if now - seen < self.idle_s]
+        return datetime.fromtimestamp(min(active) / 1e6, tz=UTC) if active else None
 
 
 @dataclass
@@ -43,6 +70,7 @@ class LiveAnalyzer:
     # until the next tick, so a fast input waits instead of filling memory.
     max_buffered_bytes: int = 8 << 20
     evidence: PathEvidence = field(default_factory=PathEvidence)
+    progress: SourceProgress = field(init=False)
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _deframers: dict[str, Deframer] = field(default_factory=dict)
     _buffer: list[Framed] = field(default_factory=list)
@@ -50,6 +78,9 @@ class LiveAnalyzer:
     _draining: bool = False
     _last_input: float = 0.0
     _idle_released: bool = True
+
+    def __post_init__(self) -> None:
+        self.progress = SourceProgress(self.idle_release_s)
 
     def accept(self, chunk: Chunk) -> None:
         """Thread-safe: deframe a source's chunk and keep it for the next tick; waits while the
@@ -104,7 +135,10 @@ class LiveAnalyzer:
             if idle:
                 self._idle_released = True
         if parts:
-            return self._emit(self.pipeline.feed(Framed.concat(parts)))
+            decoded = decode_framed(Framed.concat(parts), self.pipeline.formats)
+            self.progress.learn(decoded.entries, self.clock())
+            watermark = self.progress.watermark(self.clock())
+            return self._emit(self.pipeline.feed_decoded(decoded, watermark))
         if idle:
             return self._emit(self.pipeline.release_finished())
         return None
