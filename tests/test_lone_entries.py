@@ -6,6 +6,7 @@ layouts of public istio-proxy lines (their threads cited beside each), with wslo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ EDGE_200 = (
 )
 
 
-def analyse(tmp_path: Path, name: str, *lines: str) -> list[dict[str, object]]:
+def analyse(tmp_path: Path, name: str, *lines: str) -> list[dict[str, Any]]:
     log = tmp_path / name
     log.write_text("".join(f"{line}\n" for line in lines))
     result = run([str(log)], None, True, False, True, 10.0, 1.0)

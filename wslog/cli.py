@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from analyzer.cli import analyze
@@ -18,20 +20,42 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("wslog")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e . from the clone)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"wslog {_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Explain WebSocket upgrades through Istio / Envoy sidecars from their access logs."""
 
 
 @app.command()
 def version() -> None:
     """Print wslog's version."""
-    from importlib.metadata import version as dist_version
-
-    typer.echo(dist_version("wslog"))
+    typer.echo(f"wslog {_version()}")
 
 
 # Subcommands register below, one line each.

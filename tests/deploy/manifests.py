@@ -104,7 +104,7 @@ def _crd_documents(crd_dir: Path) -> Iterator[dict[str, Any]]:
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A copy of a CRD's structural schema that rejects unknown fields, as the API server prunes
     them; apiVersion, kind and metadata are allowed at the root, as the API server does."""
-    strict = _close(copy.deepcopy(schema))
+    strict: dict[str, Any] = _close(copy.deepcopy(schema))
     root_props = strict.setdefault("properties", {})
     for key in ("apiVersion", "kind"):
         root_props.setdefault(key, {"type": "string"})

@@ -1,0 +1,33 @@
+"""The entry point behaves as a newcomer expects: ``--version``, ``-h`` everywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def wslog(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wslog", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+def test_version_flag_prints_the_installed_version() -> None:
+    result = wslog("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"wslog {version('wslog')}")
+
+
+@pytest.mark.parametrize("command", [[], ["analyze"], ["exporter"], ["tail"], ["doctor"], ["lab"]])
+def test_dash_h_is_help_everywhere(command: list[str]) -> None:
+    result = wslog(*command, "-h")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
