@@ -10,6 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import polars as pl
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -21,8 +22,8 @@ from analyzer.inputs import InputSet, expand_all
 from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
-from analyzer.report import render_table, write_binary
-from analyzer.vocab import Cause, Outcome
+from analyzer.report import render_table, report_console, write_binary
+from analyzer.vocab import Cause, LineResult, Outcome
 
 
 class OutputFormat(StrEnum):
@@ -39,7 +40,8 @@ MAX_LINE_HELP = (
 )
 FAIL_ON_HELP = (
     "Exit 1 when any connection is failed, rejected, or has this cause "
-    "(e.g. h2-connect-not-allowed). Repeatable."
+    "(e.g. h2-connect-not-allowed); one line on stderr names them. Repeatable. Exit 2 when "
+    "the input held no access-log entry at all (the gate checked nothing)."
 )
 
 
@@ -105,6 +107,8 @@ def analyze(
             max_line_bytes=max_line_bytes,
         )
     _write(result, output_format, output, connections)
+    if result.lines[LineResult.ENTRY] == 0:
+        _say_nothing_read(result, paths, gate=bool(checks))
     if _should_fail(result, checks):
         raise typer.Exit(1)
 
@@ -173,12 +177,41 @@ def _check_options(
     return set(fail_on)
 
 
+def _say_nothing_read(result: AnalysisResult, paths: list[str], *, gate: bool) -> None:
+    """No access-log entry at all: say so (a report of nothing is not a clean bill of health);
+    a ``--fail-on`` gate that checked nothing exits 2."""
+    where = " ".join(paths)
+    if result.total_lines:
+        found = f"none of the {result.total_lines} line(s) in {where} is an access-log entry"
+    else:
+        found = f"no line in {where}"
+    typer.echo(
+        f"wslog analyze: warning: {found}: nothing was analysed. Give istio-proxy logs "
+        "(kubectl logs POD -c istio-proxy), or --log-format if the mesh writes its own format.",
+        err=True,
+    )
+    if gate:
+        typer.echo("wslog analyze: --fail-on checked nothing: exit 2", err=True)
+        raise typer.Exit(2)
+
+
 def _should_fail(result: AnalysisResult, checks: set[str]) -> bool:
+    """Whether ``--fail-on`` trips; if so, one line on stderr says which connections did."""
     if not checks:
         return False
     conns = result.connections
     hits = conns.filter(conns["outcome"].is_in(list(checks)) | conns["cause"].is_in(list(checks)))
-    return hits.height > 0
+    if hits.height == 0:
+        return False
+    groups = hits.group_by("outcome", "cause", "destination_service").agg(
+        pl.len(), pl.col("request_id").drop_nulls().sort().first()
+    )
+    parts = [
+        f"{n} {outcome}{'/' + cause if cause else ''} on {service or 'unknown'} (e.g. {rid or '-'})"
+        for outcome, cause, service, n, rid in groups.sort("len", descending=True).iter_rows()
+    ]
+    typer.echo(f"wslog analyze: --fail-on tripped by {'; '.join(parts)}", err=True)
+    return True
 
 
 def _write(
@@ -187,11 +220,10 @@ def _write(
     try:
         if fmt is OutputFormat.TABLE:
             if output is None:
-                render_table(result, Console(), connections=connections)
+                render_table(result, report_console(), connections=connections)
             else:
                 with output.open("w", encoding="utf-8") as handle:
-                    console = Console(file=handle, width=160, no_color=True)
-                    render_table(result, console, connections=connections)
+                    render_table(result, report_console(handle), connections=connections)
         elif output is None:
             write_binary(result, fmt.value, sys.stdout.buffer)
         else:

@@ -130,14 +130,36 @@ def _open_raw(source: InputSource, stdin: BinaryIO | None) -> BinaryIO:
 
 
 def read_blocks(stream: BinaryIO, name: str, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """The stream's bytes in blocks; a corrupt gzip stream becomes an ``InputError``."""
+    """The stream's bytes in blocks; a corrupt gzip stream becomes an ``InputError`` after
+    every byte it could give (a truncated ``.gz`` keeps its complete lines)."""
+    read = _read_what_decompresses if isinstance(stream, gzip.GzipFile) else _read_block
+    kept: list[bytes] = []
     try:
-        while block := stream.read(block_bytes):
+        while block := read(stream, block_bytes, kept):
             yield block
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        if kept:
+            yield b"".join(kept)
         raise InputError(f"{name}: not a valid gzip file ({exc}); is it truncated?") from exc
     except OSError as exc:
         raise InputError(f"{name}: read failed ({exc.strerror or exc}).") from exc
+
+
+def _read_block(stream: BinaryIO, size: int, kept: list[bytes]) -> bytes:
+    return stream.read(size)
+
+
+def _read_what_decompresses(stream: BinaryIO, size: int, kept: list[bytes]) -> bytes:
+    """Up to ``size`` bytes, one decompressed piece at a time, so that pieces decompressed
+    before the stream breaks stay in ``kept`` for the caller (``read`` would drop them)."""
+    gz = cast(gzip.GzipFile, stream)
+    total = sum(len(piece) for piece in kept)
+    while total < size and (piece := gz.read1(size - total)):
+        kept.append(piece)
+        total += len(piece)
+    block = b"".join(kept)
+    kept.clear()
+    return block
 
 
 def load_log_format(spec: str, name: str = "custom") -> Format:

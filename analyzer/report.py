@@ -145,6 +145,19 @@ def write_binary(result: AnalysisResult, fmt: str, out: Path | IO[bytes]) -> Non
         out.write(payload)
 
 
+PIPE_WIDTH = 4096
+
+
+def report_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """A console for reports: at a terminal, its width and colours; into a file or a pipe
+    (``> file``, CI logs, ``| grep``), never wrapped nor cut, without colour codes, so request
+    ids and service names stay whole for whoever searches for them."""
+    console = Console(file=file, stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(file=file, stderr=stderr, width=PIPE_WIDTH, soft_wrap=True, no_color=True)
+
+
 def render_table(result: AnalysisResult, console: Console, *, connections: bool = False) -> None:
     """The human report: summary, failures with remedies, unpaired counts, line accounting."""
     conns = result.connections
@@ -218,7 +231,8 @@ def _connections_table(conns: pl.DataFrame) -> Table:
     table = Table(title="Connections", title_justify="left")
     columns = CONNECTION_COLUMNS
     for name in columns:
-        table.add_column(name)
+        whole = name in ("request_id", "destination_service")
+        table.add_column(name, overflow="fold", no_wrap=whole, min_width=36 if whole else None)
     for row in conns.select(columns).iter_rows():
         table.add_row(*("-" if v is None or v == "" else str(v) for v in row))
     return table
