@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from enum import StrEnum
@@ -13,7 +13,16 @@ from typing import Annotated
 import polars as pl
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from analyzer.correlate import CorrelationSettings
 from analyzer.decode import Decoded
@@ -145,17 +154,24 @@ def _note_skipped(skipped: list[Path]) -> None:
         )
 
 
-def _with_progress(chunks: Iterable[Decoded]) -> Iterator[Decoded]:
-    """Lines decoded so far, on stderr, when stderr is a terminal."""
+def _with_progress(inputs: InputSet) -> Iterator[Decoded]:
+    """Progress on stderr when it is a terminal: bytes read of the total and the time left
+    when every input is a file, else the lines decoded so far."""
     console = Console(stderr=True)
     if not console.is_terminal:
-        yield from chunks
+        yield from inputs
         return
-    columns = (SpinnerColumn(), TextColumn("{task.completed:,} lines"), TimeElapsedColumn())
+    total = inputs.total_bytes()
+    lines_read = TextColumn("{task.fields[lines]:,} lines")
+    columns: tuple[ProgressColumn, ...] = (SpinnerColumn(), lines_read, TimeElapsedColumn())
+    if total is not None:
+        columns = (BarColumn(), DownloadColumn(), lines_read, TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("decoding", total=None)
-        for chunk in chunks:
-            progress.advance(task, chunk.lines)
+        task = progress.add_task("reading", total=total, lines=0)
+        lines = 0
+        for chunk in inputs:
+            lines += chunk.lines
+            progress.update(task, completed=inputs.bytes_read(), lines=lines)
             yield chunk
 
 

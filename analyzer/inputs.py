@@ -200,6 +200,26 @@ class SourceReader:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def size(self) -> int | None:
+        """The file's size in bytes (compressed, for a ``.gz``); None for stdin."""
+        if self.source.path is None:
+            return None
+        try:
+            return self.source.path.stat().st_size
+        except OSError:
+            return None
+
+    def position(self) -> int:
+        """Bytes of the file read so far (of the compressed file, for a ``.gz``)."""
+        if self._done:
+            return self.size or 0
+        stream = self._stream
+        if stream is None or self.source.path is None:
+            return 0
+        raw = stream.fileobj if isinstance(stream, gzip.GzipFile) else stream
+        return int(raw.tell()) if raw is not None else 0
+
     def next_chunk(self) -> Decoded | None:
         """The next decoded chunk; ``None`` once the source is exhausted."""
         if self._done:
@@ -296,6 +316,14 @@ class InputSet:
             self._check_strict(chunk)
             heapq.heappush(heap, (reader.progress_us or -1, i))
             yield chunk
+
+    def total_bytes(self) -> int | None:
+        """The size of every input, when all are files (None with stdin)."""
+        sizes = [reader.size for reader in self.readers]
+        return None if any(size is None for size in sizes) else sum(s or 0 for s in sizes)
+
+    def bytes_read(self) -> int:
+        return sum(reader.position() for reader in self.readers)
 
     def low_watermark(self) -> datetime:
         """How far every input has got: the oldest progress among the sources not yet exhausted

@@ -79,3 +79,35 @@ def test_a_truncated_gzip_keeps_every_complete_line_zlib_gives(tmp_path: Path) -
     report = json.loads(result.stdout)
     assert report["lines"]["entries"] == complete
     assert report["malformed"]["by_reason"]["truncated"] >= 1
+
+
+def test_progress_at_a_terminal_shows_bytes_of_the_total() -> None:
+    import os
+    import pty
+    import re
+    import select
+
+    data = TESTDATA / "lab" / "json"
+    total = sum(p.stat().st_size for p in data.rglob("*.log"))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wslog", "analyze", str(data)],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(slave)
+    screen = b""
+    while select.select([master], [], [], 60)[0]:
+        try:
+            data_read = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data_read:
+            break
+        screen += data_read
+    assert proc.wait(timeout=60) == 0
+    shown = re.findall(rb"/([0-9.]+) kB", screen)
+    assert shown and float(shown[-1]) == round(total / 1000, 1)
