@@ -26,8 +26,11 @@ def test_version_flag_prints_the_installed_version() -> None:
     assert (result.returncode, result.stdout.strip()) == (0, f"wslog {version('wslog')}")
 
 
-@pytest.mark.parametrize("command", [[], ["analyze"], ["exporter"], ["tail"], ["doctor"], ["lab"]])
+@pytest.mark.parametrize(
+    "command", [[], ["analyze"], ["exporter"], ["tail"], ["doctor"], ["lab"], ["lab", "run"]]
+)
 def test_dash_h_is_help_everywhere(command: list[str]) -> None:
     result = wslog(*command, "-h")
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
+    assert "<bool>" not in result.stdout  # a flag takes no value: never invite --flag true

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -66,5 +67,30 @@ app.command()(tail)
 app.command()(doctor)
 
 
+def command() -> Callable[[], object]:
+    """The app as a click command, its on/off flags shown without a ``<bool>`` value (which
+    invites ``--connections true``: a flag takes no value)."""
+    root = typer.main.get_command(app)
+    _flags_take_no_value(root)
+    return root
+
+
+def _flags_take_no_value(cmd: Any) -> None:
+    for param in cmd.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    made = cmd.get_help_option  # --help is made per invocation
+
+    def help_option(ctx: Any) -> Any:
+        option = made(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    cmd.get_help_option = help_option
+    for sub in getattr(cmd, "commands", {}).values():
+        _flags_take_no_value(sub)
+
+
 def main() -> None:
-    app()
+    command()()
