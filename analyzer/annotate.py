@@ -1,4 +1,4 @@
-"""Per-entry facts the correlator and the classifier rely on (DESIGN.md section 1).
+"""Per-entry facts the correlator and the classifier rely on (docs/design.md section 1).
 
 The side an entry's own fields prove (``analyzer.side``), when it ends, whether it is a
 connection's final entry or a start/periodic one, whether it is HTTP, and what WebSocket

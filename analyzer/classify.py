@@ -1,4 +1,4 @@
-"""Classify correlated connections: upgrade path, outcome, cause, pairing (DESIGN.md section 2).
+"""Classify correlated connections: upgrade path, outcome, cause, pairing (docs/design.md 2).
 
 Vectorised polars expressions over the rows ``correlate.build_connections`` produces. The
 deciding entry is the server sidecar's when it saw a non-upgrade (it is closest to the app: a

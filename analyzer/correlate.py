@@ -1,4 +1,4 @@
-"""Join both sidecars' entries of each connection (DESIGN.md sections 1 and 2).
+"""Join both sidecars' entries of each connection (docs/design.md sections 1 and 2).
 
 How side, pairing and release decide, and why order cannot change a verdict:
 

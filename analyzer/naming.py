@@ -5,7 +5,7 @@ Istio names clusters ``outbound|PORT|SUBSET|FQDN`` and ``inbound|PORT||``
 kubectl, the kubelet and the exporter name sources ``namespace/pod``,
 ``/var/log/pods/NS_POD_UID/...`` or ``/var/log/containers/POD_NS_CONTAINER-ID.log``.
 These polars expressions turn them into the labels of
-DESIGN.md section 2.
+docs/design.md section 2.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which side of the mesh wrote an entry: the one rule, decided from evidence (DESIGN.md 1-3).
+"""Which side of the mesh wrote an entry: the one rule, decided from evidence (docs/design.md 1-3).
 
 In order of strength:
 

@@ -1,4 +1,4 @@
-"""The shared vocabulary (DESIGN.md section 2).
+"""The shared vocabulary (docs/design.md section 2).
 
 These strings are an API: CLI tables, JSON documents, metric labels, dashboards and alerts all
 use them verbatim, so they live in one place as closed enums.

@@ -1,4 +1,4 @@
-"""Every Prometheus metric wslog serves (DESIGN.md section 4), on a registry of its own.
+"""Every Prometheus metric wslog serves (docs/design.md section 4), on a registry of its own.
 
 Names and labels are an API: the dashboard and the alert rules depend on them, and
 ``tests/test_metrics.py`` pins them. Label sets are capped per family: past ``max_series``

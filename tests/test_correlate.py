@@ -1,4 +1,4 @@
-"""Correlation and classification rules on entries built in the shape DESIGN.md section 1
+"""Correlation and classification rules on entries built in the shape docs/design.md section 1
 measured. The same rules run on the lab's real Envoy logs in tests/test_analyze_golden.py; these
 cases pin the corners the lab cannot stage (masked addresses, shared request ids, skew,
 chunking, the size cap)."""

@@ -1,7 +1,7 @@
 """The kubernetes source: discover istio-proxy containers and follow their logs, losing nothing.
 
 The ``exporter.kube`` package is the only place that imports ``kubernetes``. It respects
-DESIGN.md section 5:
+docs/design.md section 5:
 
 - Discovery is list + watch from the list's resourceVersion; a 410 (expired) relists and
   reconciles, so pods created or deleted during the gap are neither missed nor leaked.
