@@ -232,7 +232,7 @@ class SourceReader:
                 return self._cut_short(deframer, exc)
             if block is None:
                 self._done = True
-                self._close()
+                self.close()
                 return self._account(deframer.flush())
             framed = deframer.feed_bytes(block)
             if framed.lines.height or framed.rejects.height:
@@ -242,7 +242,7 @@ class SourceReader:
         """The stream broke (a truncated gzip, a read error): keep every line read so far and
         count the unreadable rest as one malformed line that says why."""
         self._done = True
-        self._close()
+        self.close()
         flushed = deframer.flush()
         line_no = deframer.lines_seen + 1
         rest = pl.DataFrame(
@@ -265,9 +265,13 @@ class SourceReader:
             self._deframer = Deframer(self.source.name, self.framing, self.max_line_bytes)
         return self._blocks, self._deframer
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self.source.path is not None and self._stream is not None:
+            inner = self._stream.fileobj if isinstance(self._stream, gzip.GzipFile) else None
             self._stream.close()
+            if inner is not None:
+                inner.close()  # GzipFile leaves the file it was given open
+            self._stream = None
 
     def _account(self, framed: Framed) -> Decoded:
         decoded = decode_framed(framed, self.formats)
@@ -307,15 +311,19 @@ class InputSet:
 
     def __iter__(self) -> Iterator[Decoded]:
         heap = [(-1, i) for i in range(len(self.readers))]
-        while heap:
-            _, i = heapq.heappop(heap)
-            reader = self.readers[i]
-            chunk = reader.next_chunk()
-            if chunk is None:
-                continue
-            self._check_strict(chunk)
-            heapq.heappush(heap, (reader.progress_us or -1, i))
-            yield chunk
+        try:
+            while heap:
+                _, i = heapq.heappop(heap)
+                reader = self.readers[i]
+                chunk = reader.next_chunk()
+                if chunk is None:
+                    continue
+                self._check_strict(chunk)
+                heapq.heappush(heap, (reader.progress_us or -1, i))
+                yield chunk
+        finally:  # --strict stopped, or the consumer did: no file stays open
+            for reader in self.readers:
+                reader.close()
 
     def total_bytes(self) -> int | None:
         """The size of every input, when all are files (None with stdin)."""

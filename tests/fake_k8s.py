@@ -789,10 +789,14 @@ class Recorder:
         with self.lock:
             self.healths.append((ok, reason))
 
-    def lines(self, source: str | None = None) -> list[str]:
-        """The lines delivered (from ``source``); none of these tests sends an over-long one."""
+    def lines(self, source: str | None = None) -> list[str | Overlong]:
+        """The lines delivered (from ``source``)."""
         with self.lock:
-            found = [line for c in self.chunks if source in (None, c.source) for line in c.lines]
+            return [line for c in self.chunks if source in (None, c.source) for line in c.lines]
+
+    def texts(self, source: str | None = None) -> list[str]:
+        """The lines delivered, where the test sent no over-long one."""
+        found = self.lines(source)
         texts = [line for line in found if not isinstance(line, Overlong)]
         assert len(texts) == len(found), "an over-long line where none was sent"
         return texts

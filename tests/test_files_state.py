@@ -61,7 +61,7 @@ class Run:
         time.sleep(0.1)  # the first scan has happened
         return self
 
-    def delivered(self, count: int) -> list[str]:
+    def delivered(self, count: int) -> list[str | Overlong]:
         """What was delivered once at least ``count`` lines were, and a few polls more."""
         wait(lambda: len(self.rec.lines()) >= count, 5)
         time.sleep(0.15)
@@ -83,7 +83,7 @@ def settings(tmp_path: Path, *globs: str, **overrides: object) -> FileSettings:
     return FileSettings(**values)  # type: ignore[arg-type]
 
 
-def life(config: FileSettings, count: int) -> list[str]:
+def life(config: FileSettings, count: int) -> list[str | Overlong]:
     """Start, let ``count`` lines arrive (and nothing more), stop cleanly."""
     run = Run(config).started()
     try:

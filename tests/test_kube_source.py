@@ -176,7 +176,7 @@ def test_pods_without_the_container_or_outside_the_selector_are_ignored(
                  init_containers=("istio-proxy",), lines=["n"])  # fmt: skip
     wait(lambda: len(run.rec.lines()) >= 3)
     time.sleep(0.3)
-    assert sorted(run.rec.lines()) == sorted(
+    assert sorted(run.rec.texts()) == sorted(
         kube.log_lines(NS, "web") + kube.log_lines("istio-system", "gw")
         + kube.log_lines(NS, "native")
     )  # fmt: skip
@@ -456,7 +456,7 @@ def test_open_streams_never_exceed_the_bound_and_waiting_pods_catch_up(
             deleted.add(source)
         wait(lambda: len(run.rec.lines()) >= min(5, len(deleted) + 2))
     assert wait(lambda: len(run.rec.lines()) == 5)
-    assert sorted(run.rec.lines()) == sorted(
+    assert sorted(run.rec.texts()) == sorted(
         line for i in range(5) for line in kube.log_lines(NS, f"p{i}")
     )
     assert kube.max_open_log_streams == 2
