@@ -17,6 +17,8 @@ from analyzer.doctor.compare import Agreement, Comparison, Observed
 from analyzer.doctor.model import Verdict
 from analyzer.doctor.predict import Prediction
 
+REMEDY_LEAD = "  remedy: apply ONE option, its YAML document alone (kubectl apply -f -):"
+
 
 @dataclass(frozen=True)
 class Report:
@@ -104,14 +106,11 @@ def _observed_cells(c: Comparison) -> tuple[str, str]:
 def _explain(p: Prediction, console: Console) -> None:
     console.print(f"\n[bold]{p.service}:{p.port}[/] {p.upgrade_path} {p.verdict}")
     for line in p.evidence:
-        console.print(f"  - {line}", highlight=False)
+        console.print(f"  - {line}", highlight=False, markup=False, soft_wrap=True)
     if p.remedy:
-        console.print("  remedy (kubectl apply -f -):", highlight=False)
-        console.print(_indent(p.remedy), highlight=False, markup=False)
-
-
-def _indent(text: str) -> str:
-    return "\n".join(f"    {line}" for line in text.splitlines())
+        console.print(REMEDY_LEAD, highlight=False, soft_wrap=True)
+        console.out(p.remedy, highlight=False, end="")  # as is: never indented nor wrapped
+        console.line()
 
 
 def summary(report: Report) -> str:
