@@ -100,6 +100,16 @@ def predict(inventory: Inventory, settings: DoctorSettings = DoctorSettings()) -
     return sorted(out, key=lambda p: (p.service, p.port))
 
 
+def nothing_to_check(inventory: Inventory, predictions: Sequence[Prediction]) -> str | None:
+    """Why no port was predicted, or None: a check of nothing must not pass for a success."""
+    if predictions:
+        return None
+    if not inventory.services:
+        return "no Service found"
+    count = len(inventory.services)
+    return f"no Service port can carry a WebSocket ({count} Service(s), no HTTP or unnamed port)"
+
+
 def carries_websockets(port: ServicePort) -> bool:
     """HTTP ports and ports Istio sniffs; TCP-like ports carry a WebSocket as opaque bytes."""
     protocol, _ = istio.port_protocol(port)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from analyzer.doctor.compare import Agreement, Comparison, Observed
+from analyzer.doctor.compare import Agreement, Comparison, Observed, unpredicted_failures
 from analyzer.doctor.model import Verdict
 from analyzer.doctor.predict import Prediction
+from analyzer.vocab import Cause
 
 REMEDY_LEAD = "  remedy: apply ONE option, its YAML document alone (kubectl apply -f -):"
 
@@ -34,6 +35,11 @@ class Report:
     @property
     def disagreements(self) -> int:
         return sum(1 for c in self.comparisons or () if c.agreement is Agreement.DISAGREE)
+
+    @property
+    def unpredicted(self) -> tuple[Observed, ...]:
+        """Failures in the logs that the configuration does not predict."""
+        return tuple(unpredicted_failures(self.comparisons or (), self.observed_only))
 
 
 def to_json(report: Report) -> dict[str, object]:
@@ -66,9 +72,12 @@ def render_table(report: Report, console: Console) -> None:
             console.print(f"[bold red]disagreement[/] {comparison.prediction.service}: {text}")
     for observed in report.observed_only:
         paths = ", ".join(p.value for p in observed.upgrade_paths) or "unknown"
+        if observed.connect_failures:
+            paths += f", {observed.connect_failures} failing with {Cause.H2_CONNECT_NOT_ALLOWED}"
         console.print(
             f"observed only: {observed.service} ({observed.connections} connections, {paths}): "
-            "no Service in the configuration"
+            "no Service in the configuration",
+            highlight=False,
         )
     for problem in report.problems:
         console.print(f"[yellow]not read[/] {problem}")
@@ -118,4 +127,6 @@ def summary(report: Report) -> str:
     text = f"{len(report.predictions)} service port(s), {failed} failing"
     if report.comparisons is not None:
         text += f", {report.disagreements} disagreeing with the logs"
+    if report.unpredicted:
+        text += f", {len(report.unpredicted)} failing in the logs where no failure is predicted"
     return text
