@@ -159,7 +159,7 @@ def _unpredicted(failures: tuple[Observed, ...]) -> str:
     shown = "; ".join(f"{o.service}: {o.connect_failures} connection(s)" for o in failures)
     return (
         f"the logs show {Cause.H2_CONNECT_NOT_ALLOWED} failures the configuration does not "
-        f"predict ({shown}): failing"
+        f"predict ({shown}): exit 1"
     )
 
 
