@@ -2,7 +2,9 @@
 
 Reads Kubernetes and Istio objects from files (``--config``) or the cluster, predicts each
 Service port's upgrade path and verdict, prints the evidence and the fix, and exits 1 when any
-port would fail (for CI). With ``--logs`` it sets what ``wslog analyze`` observes beside it.
+port would fail (for CI). With ``--logs`` it sets what ``wslog analyze`` observes beside it, and
+a failure the logs show but the configuration does not predict fails too. A check of nothing (no
+Service found) exits 2: a CI gate must not pass because it was pointed at the wrong file.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import typer
 from rich.console import Console
 
 from analyzer.cli import run
-from analyzer.doctor import DoctorSettings, Inventory, compare, predict
-from analyzer.doctor.compare import observations
+from analyzer.doctor import DoctorSettings, Inventory, Prediction, compare, predict
+from analyzer.doctor.compare import Observed, observations
 from analyzer.doctor.load import load_paths
 from analyzer.doctor.model import DEFAULT_ROOT_NAMESPACE
+from analyzer.doctor.predict import nothing_to_check
 from analyzer.doctor.report import Report, render_table, to_json
 from analyzer.errors import InputError, WslogError
+from analyzer.vocab import Cause
 
 KUSTOMIZE_TIMEOUT_S = 60
 
@@ -79,15 +83,27 @@ def doctor(
     ] = None,
 ) -> None:
     """Predict each Service port's WebSocket upgrade path (h1-h1 or h1-h2) from DestinationRules,
-    port protocols, the mesh config and EnvoyFilters; fail (exit 1) where the HTTP/2 hop would
-    answer 503 (h2-connect-not-allowed), with the YAML that fixes it."""
+    port protocols, the mesh config and EnvoyFilters; fail where the HTTP/2 hop would answer 503
+    (h2-connect-not-allowed), with the YAML that fixes it: each option is a YAML document of its
+    own, to apply alone (kubectl apply -f -).
+
+    Exit codes:
+      0  every port checked passes
+      1  a port is predicted to fail, or the --logs show h2-connect-not-allowed
+         failures the configuration does not predict (other disagreements with
+         the logs are reported but change no exit code)
+      2  nothing was checked: a missing or unreadable file, no Service found,
+         the cluster not readable"""
     try:
         inventory = _inventory(config_paths, namespace or [], istio_namespace, kubeconfig, context)
         if istio_version:
             inventory = replace(
                 inventory, istio_version=istio_version, version_source="--istio-version"
             )
-        report = _report(inventory, client_namespace, logs, log_format)
+        settings = DoctorSettings(client_namespace=client_namespace)
+        predictions = tuple(predict(inventory, settings))
+        _require_ports(inventory, predictions, config_paths, namespace or [])
+        report = _report(inventory, predictions, logs, log_format)
     except (InputError, WslogError) as error:
         typer.echo(f"wslog doctor: {error}", err=True)
         raise typer.Exit(2) from error
@@ -95,7 +111,9 @@ def doctor(
         typer.echo(json.dumps(to_json(report), indent=2))
     else:
         render_table(report, Console())
-    if report.failed:
+    if report.unpredicted:
+        typer.echo(f"wslog doctor: {_unpredicted(report.unpredicted)}", err=True)
+    if report.failed or report.unpredicted:
         raise typer.Exit(1)
 
 
@@ -114,10 +132,43 @@ def _inventory(
     return read_cluster(settings)
 
 
+def _require_ports(
+    inventory: Inventory,
+    predictions: tuple[Prediction, ...],
+    paths: list[str] | None,
+    namespaces: list[str],
+) -> None:
+    reason = nothing_to_check(inventory, predictions)
+    if reason is None:
+        return
+    if paths:
+        shown = ", ".join("standard input" if p == "-" else p for p in paths)
+        raise InputError(
+            f"{reason} in {shown}: --config takes the Kubernetes/Istio YAML that defines the "
+            "Services to check (manifests, kubectl get -o yaml output, a kustomization); "
+            "access logs go to --logs"
+        )
+    scope = f"namespace(s) {', '.join(namespaces)}" if namespaces else "any namespace"
+    raise InputError(
+        f"{reason} in {scope} of the cluster: pass --namespace where the Services live, "
+        "--context for another cluster, or --config FILES"
+    )
+
+
+def _unpredicted(failures: tuple[Observed, ...]) -> str:
+    shown = "; ".join(f"{o.service}: {o.connect_failures} connection(s)" for o in failures)
+    return (
+        f"the logs show {Cause.H2_CONNECT_NOT_ALLOWED} failures the configuration does not "
+        f"predict ({shown}): exit 1"
+    )
+
+
 def _report(
-    inventory: Inventory, client_ns: str | None, logs: list[str] | None, log_format: str | None
+    inventory: Inventory,
+    predictions: tuple[Prediction, ...],
+    logs: list[str] | None,
+    log_format: str | None,
 ) -> Report:
-    predictions = tuple(predict(inventory, DoctorSettings(client_namespace=client_ns)))
     if not logs:
         return Report(predictions, problems=inventory.problems)
     result = run(logs, log_format, False, False, False, 10.0, 1.0)

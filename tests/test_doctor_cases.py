@@ -3,8 +3,8 @@
 Each ``tests/doctor_cases/*.yaml`` holds the rule it pins (``rule``), the manifests
 (``objects``, plus ``include`` of ``base/*.yaml``), optional ``settings`` (``client_namespace``,
 ``istio_version``) and the expected rows: every field of the JSON contract that is given must be
-equal; ``evidence``/``remedy`` list substrings that must appear, ``remedy_absent`` ones that must
-not; ``only: true`` means no other row may be predicted.
+equal; ``evidence``/``remedy`` list substrings that must appear, ``evidence_absent``/
+``remedy_absent`` ones that must not; ``only: true`` means no other row may be predicted.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-from analyzer.doctor import DoctorSettings, Prediction, inventory_from_manifests, predict
+from analyzer.doctor import (
+    DoctorSettings,
+    Prediction,
+    Verdict,
+    inventory_from_manifests,
+    predict,
+)
 from analyzer.doctor.load import parse_documents
 
 CASES = Path(__file__).parent / "doctor_cases"
@@ -82,6 +88,8 @@ def _check_row(want: dict[str, Any], got: Prediction) -> None:
     evidence = str(doc["evidence"])
     for text in want.get("evidence", []):
         assert text in evidence, f"{text!r} not in evidence: {evidence}"
+    for text in want.get("evidence_absent", []):
+        assert text not in evidence, f"{text!r} in evidence: {evidence}"
     for text in want.get("remedy", []):
         assert text in got.remedy, f"{text!r} not in remedy:\n{got.remedy}"
     for text in want.get("remedy_absent", []):
@@ -91,3 +99,27 @@ def _check_row(want: dict[str, Any], got: Prediction) -> None:
     assert (got.remedy == "") == (doc["verdict"] == "ok"), "a remedy exactly when it fails"
     if got.remedy:
         assert all(d for d in yaml.safe_load_all(got.remedy)), "the remedy is YAML"
+
+
+def _expects_a_failure(path: Path) -> bool:
+    return any(want.get("verdict") == "fail" for want in _load_case(path)["expect"])
+
+
+FAILING_CASES = [p for p in CASE_FILES if _expects_a_failure(p)]
+
+
+@pytest.mark.parametrize("path", FAILING_CASES, ids=[p.stem for p in FAILING_CASES])
+def test_each_remedy_option_alone_fixes_its_port(path: Path) -> None:
+    """A remedy's YAML documents are its numbered options; each, applied alone beside the
+    configuration, makes the failing port pass."""
+    case = _load_case(path)
+    for broken in (p for p in _predict(case) if p.verdict is Verdict.FAIL):
+        options = list(yaml.safe_load_all(broken.remedy))
+        titles = [line for line in broken.remedy.splitlines() if line.startswith("# Option ")]
+        assert [t.partition(":")[0] for t in titles] == [
+            f"# Option {n}" for n in range(1, len(options) + 1)
+        ]
+        for option in options:
+            fixed = {**case, "objects": [*case.get("objects", []), option]}
+            rows = {(p.service, p.port): p for p in _predict(fixed)}
+            assert rows[(broken.service, broken.port)].verdict is Verdict.OK, option["kind"]

@@ -167,7 +167,7 @@ def test_the_table_shows_evidence_remedy_and_summary(tmp_path: Path) -> None:
     code, out = _doctor("--config", str(config))
     assert code == 1
     assert "h2-connect-not-allowed" in out
-    assert "remedy (kubectl apply -f -)" in out and "allow_connect: true" in out
+    assert "apply ONE option" in out and "allow_connect: true" in out
     assert "1 service port(s), 1 failing" in out
 
 

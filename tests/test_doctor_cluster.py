@@ -184,3 +184,11 @@ def test_no_api_server_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["doctor", "--kubeconfig", str(config)])
     assert result.exit_code == 2
     assert "cannot reach the API server" in result.stderr
+
+
+def test_a_cluster_without_services_exits_2_naming_where_it_looked(kube: FakeMeshKube) -> None:
+    _load(kube, *DR_UPGRADE)
+    result = CliRunner().invoke(app, ["doctor", "--kubeconfig", kube.kubeconfig_path, "-n", "apps"])
+    assert result.exit_code == 2
+    assert "no Service found in namespace(s) apps of the cluster" in result.stderr
+    assert result.stdout == ""

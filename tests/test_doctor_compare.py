@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import given
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 import analyzer.doctor
 from analyzer.cli import run
 from analyzer.doctor import Agreement, Observation, Prediction, Verdict, compare, istio
-from analyzer.doctor.compare import observations
+from analyzer.doctor.compare import observations, unpredicted_failures
 from analyzer.doctor.model import ServicePort
 from analyzer.vocab import Cause, Outcome, UpgradePath
 
@@ -89,6 +90,25 @@ def test_a_connect_failure_disagrees_with_a_predicted_ok_even_on_the_same_path()
     assert c.disagreements == (
         "predicted ok, observed 1 connection(s) failing with h2-connect-not-allowed",
     )
+
+
+def test_only_failures_the_configuration_does_not_predict_are_unpredicted() -> None:
+    failing = _seen(UpgradePath.H1_H2, Cause.H2_CONNECT_NOT_ALLOWED)
+    stray = Observation(
+        "other.default.svc.cluster.local", None, UpgradePath.H1_H2, Outcome.FAILED, failing.cause
+    )
+    predictions = [
+        _prediction(UpgradePath.H1_H2, Verdict.OK, 8080),  # fails in the logs: unpredicted
+        _prediction(UpgradePath.H1_H2, Verdict.FAIL, 9090),  # fails as predicted
+        _prediction(UpgradePath.H1_H1, Verdict.OK, 7070),  # another hop, no failure
+    ]
+    seen = [failing, replace(failing, port=9090), _seen(UpgradePath.H1_H2, port=7070), stray]
+    comparisons, strays = compare(predictions, seen)
+    got = unpredicted_failures(comparisons, strays)
+    assert [(o.service, o.port, o.connect_failures) for o in got] == [
+        (SERVER, 8080, 1),
+        (stray.service, None, 1),
+    ]
 
 
 def test_observations_from_analyze_carry_the_client_clusters_port(testdata: Path) -> None:

@@ -96,6 +96,15 @@ def _summarise(service: str, port: int | None, seen: Sequence[Observation]) -> O
     return Observed(service, port, len(seen), paths, verdict, failures)
 
 
+def unpredicted_failures(
+    comparisons: Sequence[Comparison], observed_only: Sequence[Observed]
+) -> list[Observed]:
+    """Failures the logs show where the configuration predicts none: the disagreement that must
+    fail a gate. (A predicted failure the logs do not show fails the gate by its prediction.)"""
+    seen = [c.observed for c in comparisons if c.prediction.verdict is Verdict.OK]
+    return [o for o in (*seen, *observed_only) if o is not None and o.verdict is Verdict.FAIL]
+
+
 def _compare_one(prediction: Prediction, seen: Sequence[Observation]) -> Comparison:
     if not seen:
         return Comparison(prediction, None, Agreement.NOT_OBSERVED, ())

@@ -41,7 +41,8 @@ def parse_documents(text: str, name: str) -> list[Any]:
         return [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as error:
         raise InputError(
-            f"{name}: not valid YAML ({error}); fix the file or leave it out"
+            f"{name}: not valid YAML ({error}); fix the file or leave it out "
+            "(access logs go to --logs)"
         ) from error
 
 

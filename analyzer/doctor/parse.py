@@ -2,13 +2,14 @@
 
 Both edges, ``load`` (files) and ``exporter.kube.mesh`` (a cluster), hand their documents here,
 so the prediction never knows where configuration came from. Documents that are not understood
-become problems (data), never exceptions.
+become problems (data), never exceptions. Objects are taken as ``kubectl apply`` would leave them,
+so a fix written beside the configuration replaces the object it changes instead of doubling it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -44,7 +45,7 @@ def inventory_from_manifests(
 ) -> Inventory:
     """Every object of ``docs`` (``kind: List`` items included) the doctor cares about."""
     parts: dict[str, list[Any]] = {k: [] for k in ("svc", "wl", "dr", "ef", "mesh", "ver", "bad")}
-    for doc in _flatten(docs):
+    for doc in applied(_flatten(docs), default_namespace):
         _collect(doc, default_namespace, parts)
     meshes: list[MeshSettings] = parts["mesh"]
     versions: list[tuple[str, str]] = parts["ver"]
@@ -70,6 +71,24 @@ def _flatten(docs: Iterable[Any]) -> Iterator[Doc]:
             yield from _flatten(items)
         else:
             yield doc
+
+
+def applied(docs: Iterable[Doc], default_ns: str) -> list[Doc]:
+    """The objects as ``kubectl apply`` of them all leaves a cluster: a later object with the same
+    API group, kind, namespace and name replaces the earlier one, in its place."""
+    kept: dict[Hashable, Doc] = {}
+    for index, doc in enumerate(docs):
+        kept[_identity(doc, default_ns) or index] = doc
+    return list(kept.values())
+
+
+def _identity(doc: Doc, default_ns: str) -> tuple[str, str, str, str] | None:
+    name = _meta(doc).get("name")
+    if not name:
+        return None
+    group = str(doc.get("apiVersion", "")).rpartition("/")[0]
+    namespace = str(_meta(doc).get("namespace") or default_ns)
+    return group, str(doc.get("kind", "")), namespace, str(name)
 
 
 def _collect(doc: Doc, default_ns: str, parts: dict[str, list[Any]]) -> None:

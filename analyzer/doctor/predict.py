@@ -86,6 +86,7 @@ class HopDecision:
 class ConnectCheck:
     allowed: bool
     evidence: tuple[str, ...]
+    denying_priority: int | None = None  # the highest priority of a patch setting it false
 
 
 def predict(inventory: Inventory, settings: DoctorSettings = DoctorSettings()) -> list[Prediction]:
@@ -97,6 +98,16 @@ def predict(inventory: Inventory, settings: DoctorSettings = DoctorSettings()) -
         if carries_websockets(port)
     ]
     return sorted(out, key=lambda p: (p.service, p.port))
+
+
+def nothing_to_check(inventory: Inventory, predictions: Sequence[Prediction]) -> str | None:
+    """Why no port was predicted, or None: a check of nothing must not pass for a success."""
+    if predictions:
+        return None
+    if not inventory.services:
+        return "no Service found"
+    count = len(inventory.services)
+    return f"no Service port can carry a WebSocket ({count} Service(s), no HTTP or unnamed port)"
 
 
 def carries_websockets(port: ServicePort) -> bool:
@@ -113,7 +124,8 @@ def _predict_port(
     path = UpgradePath.H1_H2 if hop.hop is Hop.H2 else UpgradePath.H1_H1
     check = check_connect(inventory, service, port) if hop.hop is Hop.H2 else None
     ok = check is None or check.allowed
-    fix = Fix(service, port, host, hop.decider, hop.rule, hop.port_level, _old(inventory))
+    after = check.denying_priority if check else None
+    fix = Fix(service, port, host, hop.decider, hop.rule, hop.port_level, _old(inventory), after)
     return Prediction(
         service=host,
         namespace=service.namespace,
@@ -212,10 +224,11 @@ def check_connect(inventory: Inventory, service: Service, port: ServicePort) -> 
         stand_in = Workload("Service selector", service.name, service.namespace, service.selector)
         checks = [_check_workload(inventory, stand_in, port)]
         note = "no server workloads found: judged on the Service's selector labels"
-        return ConnectCheck(checks[0].allowed, (note, *checks[0].evidence))
+        return replace(checks[0], evidence=(note, *checks[0].evidence))
     checks = [_check_workload(inventory, w, port) for w in workloads]
     evidence = tuple(e for c in checks for e in c.evidence)
-    return ConnectCheck(all(c.allowed for c in checks), evidence)
+    denying = [c.denying_priority for c in checks if c.denying_priority is not None]
+    return ConnectCheck(all(c.allowed for c in checks), evidence, max(denying, default=None))
 
 
 def server_workloads(inventory: Inventory, service: Service) -> list[Workload]:
@@ -250,7 +263,8 @@ def _check_workload(inventory: Inventory, workload: Workload, port: ServicePort)
         return ConnectCheck(False, (said, *notes))
     value = "true" if decisive.patch.allow_connect else "false"
     said = f"{who}: {decisive.ref} sets allow_connect: {value}, {decisive.reason}"
-    return ConnectCheck(decisive.patch.allow_connect, (said, *notes))
+    denying = [c.envoy_filter.priority for c in checks if c.applies and not c.patch.allow_connect]
+    return ConnectCheck(decisive.patch.allow_connect, (said, *notes), max(denying, default=None))
 
 
 def _target_port(port: ServicePort, workload: Workload) -> int | None:

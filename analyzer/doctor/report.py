@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from analyzer.doctor.compare import Agreement, Comparison, Observed
+from analyzer.doctor.compare import Agreement, Comparison, Observed, unpredicted_failures
 from analyzer.doctor.model import Verdict
 from analyzer.doctor.predict import Prediction
+from analyzer.vocab import Cause
+
+REMEDY_LEAD = "  remedy: apply ONE option, its YAML document alone (kubectl apply -f -):"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,11 @@ class Report:
     @property
     def disagreements(self) -> int:
         return sum(1 for c in self.comparisons or () if c.agreement is Agreement.DISAGREE)
+
+    @property
+    def unpredicted(self) -> tuple[Observed, ...]:
+        """Failures in the logs that the configuration does not predict."""
+        return tuple(unpredicted_failures(self.comparisons or (), self.observed_only))
 
 
 def to_json(report: Report) -> dict[str, object]:
@@ -64,9 +72,12 @@ def render_table(report: Report, console: Console) -> None:
             console.print(f"[bold red]disagreement[/] {comparison.prediction.service}: {text}")
     for observed in report.observed_only:
         paths = ", ".join(p.value for p in observed.upgrade_paths) or "unknown"
+        if observed.connect_failures:
+            paths += f", {observed.connect_failures} failing with {Cause.H2_CONNECT_NOT_ALLOWED}"
         console.print(
             f"observed only: {observed.service} ({observed.connections} connections, {paths}): "
-            "no Service in the configuration"
+            "no Service in the configuration",
+            highlight=False,
         )
     for problem in report.problems:
         console.print(f"[yellow]not read[/] {problem}")
@@ -104,14 +115,11 @@ def _observed_cells(c: Comparison) -> tuple[str, str]:
 def _explain(p: Prediction, console: Console) -> None:
     console.print(f"\n[bold]{p.service}:{p.port}[/] {p.upgrade_path} {p.verdict}")
     for line in p.evidence:
-        console.print(f"  - {line}", highlight=False)
+        console.print(f"  - {line}", highlight=False, markup=False, soft_wrap=True)
     if p.remedy:
-        console.print("  remedy (kubectl apply -f -):", highlight=False)
-        console.print(_indent(p.remedy), highlight=False, markup=False)
-
-
-def _indent(text: str) -> str:
-    return "\n".join(f"    {line}" for line in text.splitlines())
+        console.print(REMEDY_LEAD, highlight=False, soft_wrap=True)
+        console.out(p.remedy, highlight=False, end="")  # as is: never indented nor wrapped
+        console.line()
 
 
 def summary(report: Report) -> str:
@@ -119,4 +127,6 @@ def summary(report: Report) -> str:
     text = f"{len(report.predictions)} service port(s), {failed} failing"
     if report.comparisons is not None:
         text += f", {report.disagreements} disagreeing with the logs"
+    if report.unpredicted:
+        text += f", {len(report.unpredicted)} failing in the logs where no failure is predicted"
     return text

@@ -11,8 +11,10 @@ Part of the ``exporter.kube`` package, the one place that talks to Kubernetes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,6 +32,7 @@ __all__ = ["MeshReadSettings", "read_cluster"]
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
 config: Any = kube_config  # the client's loaders are untyped
+NO_CLUSTER = "or --config FILES to check manifests without a cluster"
 RBAC_HINT = (
     "grant list on services, pods, deployments (apps), destinationrules and envoyfilters "
     "(networking.istio.io) and get on configmaps in the root namespace"
@@ -56,6 +59,7 @@ def read_cluster(settings: MeshReadSettings) -> Inventory:
 
 def _connect(settings: MeshReadSettings) -> Any:
     cfg = client.Configuration()
+    _require_kubeconfig(settings.kubeconfig)
     try:
         if settings.kubeconfig is None and settings.context is None:
             try:
@@ -65,11 +69,33 @@ def _connect(settings: MeshReadSettings) -> Any:
                 pass
         config.load_kube_config(settings.kubeconfig, settings.context, client_configuration=cfg)
     except (config.ConfigException, OSError) as error:
-        raise ClusterReadError(
-            f"cannot load Kubernetes credentials: {error}; pass --kubeconfig/--context, "
-            "or --config FILES to check manifests without a cluster"
-        ) from error
+        raise ClusterReadError(_credentials_error(settings, error)) from error
     return client.ApiClient(cfg)
+
+
+def _require_kubeconfig(kubeconfig: str | None) -> None:
+    """The client skips missing files silently (KUBECONFIG may list several, as for kubectl)
+    and then says only that no configuration was found; name the file that is not there."""
+    paths = [p for p in (kubeconfig or "").split(os.pathsep) if p]
+    if paths and not any(Path(p).expanduser().exists() for p in paths):
+        missing = "no such file" if len(paths) == 1 else "none of these files exists"
+        raise ClusterReadError(
+            f"{kubeconfig}: {missing} (--kubeconfig or KUBECONFIG); pass an existing "
+            f"kubeconfig, {NO_CLUSTER}"
+        )
+
+
+def _credentials_error(settings: MeshReadSettings, error: Exception) -> str:
+    if settings.kubeconfig is None:
+        return (
+            f"no Kubernetes credentials (not in a pod; {error}); pass --kubeconfig FILE, "
+            f"{NO_CLUSTER}"
+        )
+    context = f" (context {settings.context})" if settings.context else ""
+    return (
+        f"cannot load Kubernetes credentials from {settings.kubeconfig}{context}: {error}; "
+        f"fix that file or choose another --context, {NO_CLUSTER}"
+    )
 
 
 class _Reader:
