@@ -1,6 +1,6 @@
 """The fix for a failing port, as YAML ready for ``kubectl apply -f -``.
 
-Two alternatives, as DESIGN.md section 2 gives them: an EnvoyFilter that lets the server
+Two alternatives, as docs/design.md section 2 gives them: an EnvoyFilter that lets the server
 workload's sidecar accept extended CONNECT (Istio 1.12 and later), or a DestinationRule that keeps
 the hop on HTTP/1.1. The DestinationRule is the one that decided, changed at the level that
 decided (port-level or rule-level), so applying it replaces rather than conflicts; a new one is
