@@ -252,11 +252,20 @@ def test_stdin_blocked_on_an_open_pipe_stops_cleanly_on_a_signal(sig: signal.Sig
             assert proc.stderr is not None
             assert b"Fatal Python error" not in proc.stderr.read()
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            _reap(proc)
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the exporter if it still runs, and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _port_from_logs(proc: subprocess.Popen[bytes]) -> int:
@@ -313,8 +322,7 @@ def test_cli_serves_endpoints_and_stops_cleanly_on_sigterm() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _reap(proc)
 
 
 @pytest.mark.parametrize(
@@ -434,8 +442,7 @@ def test_a_restart_through_the_cli_counts_lines_written_while_down_once_with_a_s
             time.sleep(0.1)
         _stop(first, sig)
     finally:
-        if first.poll() is None:
-            first.kill()
+        _reap(first)
     with log.open("a") as handle:
         handle.write("".join(f"line {i} while the exporter was down\n" for i in range(m)))
     second = _start_cli(*flags, *(["--from-start"] if from_start else []))
@@ -451,5 +458,4 @@ def test_a_restart_through_the_cli_counts_lines_written_while_down_once_with_a_s
         _count_lines_until(port, expected)
         _stop(second, signal.SIGTERM)
     finally:
-        if second.poll() is None:
-            second.kill()
+        _reap(second)
