@@ -17,12 +17,15 @@ from analyzer.errors import WslogError
 from analyzer.options import log_formats
 from exporter.logs import configure_logging
 from exporter.settings import (
+    DRAIN_S,
     ExporterSettings,
+    HttpSettings,
     Listen,
     PipelineSettings,
     SettingsError,
     SourceKind,
     raise_if,
+    validate_http,
     validate_pipeline,
 )
 from exporter.sources import FileSettings, KubeSettings, Source, StdinSource
@@ -176,9 +179,26 @@ def exporter(
     max_pending: PendingOpt = 200_000,
     batch_interval: BatchOpt = 1.0,
     log_format: FormatOpt = None,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            help="After SIGTERM, keep serving the final counts this many seconds (/readyz says "
+            "draining); 0 stops at once.",
+            envvar="WSLOG_DRAIN_SECONDS",
+        ),
+    ] = DRAIN_S,
+    min_render_interval: Annotated[
+        float,
+        typer.Option(
+            help="Render /metrics at most once per this many seconds; scrapes in between "
+            "share the last rendering.",
+            envvar="WSLOG_MIN_RENDER_INTERVAL",
+        ),
+    ] = HttpSettings.min_render_interval_s,
 ) -> None:
     """Follow istio-proxy logs, correlate both sidecars of every WebSocket live, and serve
-    Prometheus metrics (see the README's metrics table). Stops cleanly on SIGTERM."""
+    Prometheus metrics (see the README's metrics table). Stops cleanly on SIGTERM, after
+    serving the final counts for --drain-seconds."""
     configure_logging()
     with _settings_errors("exporter"):
         listen_at = Listen.parse(listen)
@@ -187,10 +207,12 @@ def exporter(
             pair_window, clock_skew, max_pending, batch_interval, log_format
         )
         kube = _kube_settings(namespace, selector, since, kubeconfig, context, max_streams)
+        raise_if(validate_http(drain_seconds, min_render_interval))
+        http = HttpSettings(min_render_interval_s=min_render_interval, drain_s=drain_seconds)
         src, formats = _source(source, path or [], from_start, once, kube), log_formats(log_format)
     from exporter.run import run_exporter
 
-    settings = ExporterSettings(source, listen_at, series, pipeline)
+    settings = ExporterSettings(source, listen_at, series, pipeline, http)
     run_exporter(settings, src, formats, _stop_on_signals())
 
 
