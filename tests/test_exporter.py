@@ -325,6 +325,8 @@ def test_cli_serves_endpoints_and_stops_cleanly_on_sigterm() -> None:
         (["--source", "files"], "--path"),
         (["--max-series", "0"], "--max-series"),
         (["--log-format", "@/no/such/file"], "cannot read"),
+        (["--drain-seconds", "-1"], "--drain-seconds must be in [0, 600]"),
+        (["--min-render-interval", "61"], "--min-render-interval must be in [0, 60]"),
     ],
 )
 def test_bad_settings_exit_2_with_the_fix(args: list[str], message: str) -> None:
