@@ -5,8 +5,9 @@
 Each server runs in its own process on 127.0.0.1 with the same registry (``--series`` label
 sets of a counter and a histogram, about the size of a busy exporter's /metrics). This process
 then runs ``--scrapers`` threads that each scrape ``--rounds`` times, a new connection per
-scrape as Prometheus does after an idle period, all starting together; and one scrape while
-1,000 idle connections are held open. The baseline is the server of commit c6c6c0b
+scrape as Prometheus does after an idle period, all starting together (a scrape that fails or
+takes over 30 s is reported as failed, not timed); and one scrape while 1,000 idle connections
+are held open. The baseline is the server of commit c6c6c0b
 (``ThreadingHTTPServer``: a thread per connection, no timeout, backlog 5, a render per scrape),
 kept verbatim below; the new server runs twice, with its default render interval (1 s) and with
 a render per scrape (``--min-render-interval 0``), to tell the cache from the rest. Figures are
@@ -117,21 +118,26 @@ def scrape(port: int) -> float:
     return time.perf_counter() - started
 
 
-def concurrent_scrapes(port: int, scrapers: int, rounds: int) -> list[float]:
+def concurrent_scrapes(port: int, scrapers: int, rounds: int) -> tuple[list[float], list[str]]:
+    """Latencies of the scrapes that succeeded, and what went wrong with the others."""
     barrier = threading.Barrier(scrapers)
     latencies: list[float] = []
+    failures: list[str] = []
 
     def run() -> None:
         barrier.wait()
         for _ in range(rounds):
-            latencies.append(scrape(port))
+            try:
+                latencies.append(scrape(port))
+            except (OSError, http.client.HTTPException, AssertionError) as exc:
+                failures.append(type(exc).__name__)
 
     threads = [threading.Thread(target=run) for _ in range(scrapers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return latencies
+    return latencies, failures
 
 
 def behind_idle_connections(port: int, idle: int) -> tuple[float, float]:
@@ -152,7 +158,7 @@ def measure(name: str, code: str, args: argparse.Namespace) -> dict[str, float]:
     proc, port = start(code, args.series)
     try:
         scrape(port)  # warm
-        latencies = concurrent_scrapes(port, args.scrapers, args.rounds)
+        latencies, failures = concurrent_scrapes(port, args.scrapers, args.rounds)
         opened, behind = behind_idle_connections(port, 1000)
     finally:
         assert proc.stdin is not None
@@ -165,7 +171,8 @@ def measure(name: str, code: str, args: argparse.Namespace) -> dict[str, float]:
         "open 1000 idle": opened,
         "scrape behind them": behind,
     }
-    print(name, {k: round(v, 3) for k, v in figures.items()}, flush=True)
+    failed = {kind: failures.count(kind) for kind in sorted(set(failures))}
+    print(name, {k: round(v, 3) for k, v in figures.items()}, "failed:", failed, flush=True)
     return figures
 
 
