@@ -7,7 +7,8 @@ slow socket costs a file descriptor and a few bytes, never a thread, and is clos
 deadline (past ``max_connections`` the oldest is closed). A complete head goes to a fixed pool
 of workers through a bounded queue, or is answered 503 at once when the queue is full. A client
 that hangs up mid-response is one debug line. /metrics is rendered at most once per
-``min_render_interval_s`` whoever asks, and gzipped when asked.
+``min_render_interval_s`` whoever asks, and gzipped when asked. ``drain`` keeps all of it
+serving after the sources stopped, so that the final counts can be scraped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from exporter.settings import HttpSettings, Listen
+
+__all__ = [
+    "Endpoints",
+    "HttpServer",
+    "Readiness",
+    "RenderCache",
+    "Response",
+    "accepts_gzip",
+    "serve",
+]
 
 log = logging.getLogger("wslog.exporter.http")
 Readiness = Callable[[], tuple[bool, str]]

@@ -171,6 +171,26 @@ def test_idle_and_trickling_connections_are_closed_at_their_deadline() -> None:
     assert idle_s < 2.5
 
 
+def test_past_the_connection_cap_the_oldest_waiting_connection_is_closed() -> None:
+    with running(_registry(), max_connections=2) as server:
+        oldest, older = connect(server.port), connect(server.port)
+        time.sleep(0.2)  # accepted in this order
+        newest = connect(server.port)
+        closed_s = seconds_until_closed(oldest, 2)
+        newest.sendall(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        answer = newest.recv(4096)
+        for sock in (oldest, older, newest):
+            sock.close()
+    assert closed_s < 1
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_request_head_over_16_kib_is_refused() -> None:
+    with running(_registry()) as server:
+        answer = exchange(server.port, b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20_000)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+
+
 def test_a_scraper_that_hangs_up_mid_response_leaves_one_debug_line_and_no_traceback(
     capfd: pytest.CaptureFixture[str], http_log: list[logging.LogRecord]
 ) -> None:
