@@ -165,7 +165,12 @@ def exporter(
     context: ContextOpt = None,
     max_streams: StreamsOpt = 64,
     listen: Annotated[
-        str, typer.Option(help="HOST:PORT for /metrics, /healthz, /readyz.", envvar="WSLOG_LISTEN")
+        str,
+        typer.Option(
+            help="HOST:PORT for /metrics, /healthz, /readyz. The default listens on every "
+            "interface, as a pod must for Prometheus; on a laptop use 127.0.0.1:9090.",
+            envvar="WSLOG_LISTEN",
+        ),
     ] = "0.0.0.0:9090",
     max_series: Annotated[
         int,
