@@ -1,20 +1,17 @@
-"""The exporter's HTTP endpoints: /metrics, /healthz (the process runs), /readyz (sources OK, or
-why not).
+"""The exporter's HTTP server, carrying exporter/endpoints.py's answers.
 
 The port is open to whoever can reach the pod, so a connection must stay cheap whoever opens it.
 One selector thread accepts connections and reads request heads without blocking: an idle or
 slow socket costs a file descriptor and a few bytes, never a thread, and is closed at its
 deadline (past ``max_connections`` the oldest is closed). A complete head goes to a fixed pool
 of workers through a bounded queue, or is answered 503 at once when the queue is full. A client
-that hangs up mid-response is one debug line. /metrics is rendered at most once per
-``min_render_interval_s`` whoever asks, and gzipped when asked. ``drain`` keeps all of it
-serving after the sources stopped, so that the final counts can be scraped.
+that hangs up mid-response is one debug line. ``drain`` keeps all of it serving after the
+sources stopped, so that the final counts can be scraped.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import logging
 import queue
@@ -24,33 +21,20 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from exporter.endpoints import Endpoints, Readiness, RenderCache
 from exporter.settings import HttpSettings, Listen
 
-__all__ = [
-    "Endpoints",
-    "HttpServer",
-    "Readiness",
-    "RenderCache",
-    "Response",
-    "accepts_gzip",
-    "serve",
-]
+__all__ = ["HttpServer", "serve"]
 
 log = logging.getLogger("wslog.exporter.http")
-Readiness = Callable[[], tuple[bool, str]]
-TEXT = "text/plain; charset=utf-8"
 MAX_HEAD = 16 * 1024
-NOT_FOUND = b"not found: try /metrics, /healthz or /readyz\n"
-DRAINING = b"draining: the exporter is stopping; /metrics serves its final counts\n"
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
-_Q_ZERO = re.compile(r"q\s*=\s*0(\.0*)?")
 _SWEEP_S = 0.25
 
 
@@ -61,77 +45,6 @@ def _canned(status: str) -> bytes:
 
 _BUSY = _canned("503 Service Unavailable")
 _TOO_LARGE = _canned("431 Request Header Fields Too Large")
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = TEXT
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an Accept-Encoding header admits gzip (``gzip;q=0`` refuses it)."""
-    for item in accept_encoding.split(","):
-        coding, _, params = item.partition(";")
-        if coding.strip().lower() == "gzip":
-            return _Q_ZERO.fullmatch(params.strip().lower()) is None
-    return False
-
-
-@dataclass
-class RenderCache:
-    """The /metrics body, rendered at most once per ``min_interval_s`` however many scrape:
-    concurrent scrapers wait for one render and share it."""
-
-    render: Callable[[], bytes]
-    min_interval_s: float
-    clock: Callable[[], float] = time.monotonic
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _rendered_at: float | None = None
-    _plain: bytes = b""
-    _gzipped: bytes | None = None
-
-    def get(self, gzipped: bool) -> bytes:
-        with self._lock:
-            at = self._rendered_at
-            if at is None or self.clock() - at >= self.min_interval_s:
-                self._plain, self._gzipped = self.render(), None
-                self._rendered_at = self.clock()
-            if not gzipped:
-                return self._plain
-            if self._gzipped is None:
-                self._gzipped = gzip.compress(self._plain, compresslevel=6, mtime=0)
-            return self._gzipped
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._rendered_at = None
-
-
-@dataclass
-class Endpoints:
-    """What each path answers: values in, a response out, no sockets."""
-
-    metrics: RenderCache
-    readiness: Readiness
-    draining: threading.Event = field(default_factory=threading.Event)
-
-    def answer(self, path: str, accept_encoding: str) -> Response:
-        if path == "/metrics":
-            gzipped = accepts_gzip(accept_encoding)
-            headers: tuple[tuple[str, str], ...] = (("Vary", "Accept-Encoding"),)
-            headers += (("Content-Encoding", "gzip"),) if gzipped else ()
-            return Response(200, self.metrics.get(gzipped), CONTENT_TYPE_LATEST, headers)
-        if path == "/healthz":
-            return Response(200, b"ok\n")
-        if path == "/readyz":
-            if self.draining.is_set():
-                return Response(503, DRAINING)
-            ok, reason = self.readiness()
-            return Response(200 if ok else 503, (reason or "ok").encode() + b"\n")
-        return Response(404, NOT_FOUND)
 
 
 @dataclass(eq=False)

@@ -29,7 +29,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.server import HttpServer, RenderCache, accepts_gzip, serve
+from exporter.endpoints import RenderCache, accepts_gzip
+from exporter.server import HttpServer, serve
 from exporter.settings import HttpSettings, Listen
 from tests.conftest import ROOT, TESTDATA
 
