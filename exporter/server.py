@@ -173,9 +173,8 @@ class HttpServer:
         self._closing.set()
         self._wake()
         self._threads[0].join(timeout=5)
-        while not self._ready.empty():
-            conn = self._ready.get_nowait()
-            if conn is not None:
+        with contextlib.suppress(queue.Empty):  # workers take from the queue meanwhile
+            while conn := self._ready.get_nowait():
                 conn.sock.close()
         for _ in self._threads[1:]:
             self._ready.put(None)
