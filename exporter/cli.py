@@ -18,6 +18,7 @@ from analyzer.options import log_formats
 from exporter.logs import configure_logging
 from exporter.settings import (
     DRAIN_S,
+    RENDER_INTERVAL_S,
     ExporterSettings,
     HttpSettings,
     Listen,
@@ -199,7 +200,7 @@ def exporter(
             "share the last rendering.",
             envvar="WSLOG_MIN_RENDER_INTERVAL",
         ),
-    ] = HttpSettings.min_render_interval_s,
+    ] = RENDER_INTERVAL_S,
 ) -> None:
     """Follow istio-proxy logs, correlate both sidecars of every WebSocket live, and serve
     Prometheus metrics (see the README's metrics table). Stops cleanly on SIGTERM, after

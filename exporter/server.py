@@ -163,8 +163,8 @@ class HttpServer:
         the sources have stopped and these are the final counts."""
         if seconds <= 0:
             return
+        self.endpoints.metrics.invalidate()  # before /readyz says so: no stale render after it
         self.endpoints.draining.set()
-        self.endpoints.metrics.invalidate()
         log.info("draining: serving the final counts", extra={"seconds": seconds})
         time.sleep(seconds)
 

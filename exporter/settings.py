@@ -46,7 +46,10 @@ class PipelineSettings:
     log_format: str | None
 
 
+# The command's defaults where they differ from an embedded server's (tests, benchmarks), which
+# renders every scrape and stops at once, as the exporter did before these settings existed.
 DRAIN_S = 5.0  # `wslog exporter --drain-seconds`: long enough for a scrape already on its way
+RENDER_INTERVAL_S = 1.0  # `--min-render-interval`: Prometheus HA pairs and bursts share a render
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ class HttpSettings:
     max_connections: int = 256  # past it, the oldest connection waiting for a request is closed
     timeout_s: float = 5.0
     max_requests_per_connection: int = 100
-    min_render_interval_s: float = 1.0
-    drain_s: float = 0.0  # embedded (tests): stop at once; the command's default is DRAIN_S
+    min_render_interval_s: float = 0.0  # the command's default: RENDER_INTERVAL_S
+    drain_s: float = 0.0  # the command's default: DRAIN_S
 
 
 @dataclass(frozen=True)
