@@ -18,12 +18,16 @@ from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
 from exporter.logs import configure_logging
 from exporter.settings import (
+    DRAIN_S,
+    RENDER_INTERVAL_S,
     ExporterSettings,
+    HttpSettings,
     Listen,
     PipelineSettings,
     SettingsError,
     SourceKind,
     raise_if,
+    validate_http,
     validate_pipeline,
 )
 from exporter.sources import FileSettings, KubeSettings, Source, StdinSource
@@ -209,7 +213,12 @@ def exporter(
     context: ContextOpt = None,
     max_streams: StreamsOpt = 64,
     listen: Annotated[
-        str, typer.Option(help="HOST:PORT for /metrics, /healthz, /readyz.", envvar="WSLOG_LISTEN")
+        str,
+        typer.Option(
+            help="HOST:PORT for /metrics, /healthz, /readyz. The default listens on every "
+            "interface, as a pod must for Prometheus; on a laptop use 127.0.0.1:9090.",
+            envvar="WSLOG_LISTEN",
+        ),
     ] = "0.0.0.0:9090",
     max_series: Annotated[
         int,
@@ -224,9 +233,26 @@ def exporter(
     batch_interval: BatchOpt = 1.0,
     log_format: FormatOpt = None,
     max_line_bytes: LineBytesOpt = MAX_LINE_BYTES,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            help="After SIGTERM, keep serving the final counts this many seconds (/readyz says "
+            "draining); 0 stops at once.",
+            envvar="WSLOG_DRAIN_SECONDS",
+        ),
+    ] = DRAIN_S,
+    min_render_interval: Annotated[
+        float,
+        typer.Option(
+            help="Render /metrics at most once per this many seconds; scrapes in between "
+            "share the last rendering.",
+            envvar="WSLOG_MIN_RENDER_INTERVAL",
+        ),
+    ] = RENDER_INTERVAL_S,
 ) -> None:
     """Follow istio-proxy logs, correlate both sidecars of every WebSocket live, and serve
-    Prometheus metrics (see the README's metrics table). Stops cleanly on SIGTERM."""
+    Prometheus metrics (see the README's metrics table). Stops cleanly on SIGTERM, after
+    serving the final counts for --drain-seconds."""
     configure_logging()
     with _settings_errors("exporter"):
         listen_at = Listen.parse(listen)
@@ -242,6 +268,8 @@ def exporter(
         kube = _kube_settings(
             namespace, selector, since, kubeconfig, context, max_streams, max_line_bytes
         )
+        raise_if(validate_http(drain_seconds, min_render_interval))
+        http = HttpSettings(min_render_interval_s=min_render_interval, drain_s=drain_seconds)
         src = _source(
             source,
             path or [],
@@ -254,7 +282,7 @@ def exporter(
         formats = log_formats(log_format)
     from exporter.run import run_exporter
 
-    settings = ExporterSettings(source, listen_at, series, pipeline)
+    settings = ExporterSettings(source, listen_at, series, pipeline, http)
     run_exporter(settings, src, formats, _stop_on_signals())
 
 

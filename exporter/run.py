@@ -1,5 +1,6 @@
 """The exporter's main loop: a source thread feeding the live pipeline, a tick every batch
-interval, metrics served until SIGTERM. ``wslog tail`` runs the same loop with a printer."""
+interval, metrics served until SIGTERM and for the drain period after it. ``wslog tail`` runs
+the same loop with a printer."""
 
 from __future__ import annotations
 
@@ -106,16 +107,15 @@ def run_exporter(
         metrics.set_open(live.pipeline.open_connections().iter_rows(named=True))
 
     live = build_live(settings.pipeline, formats, on_step)
-    server = serve(settings.listen.host, settings.listen.port, registry, health.readiness)
-    port = server.server_address[1]
-    log.info("serving /metrics, /healthz, /readyz", extra={"port": port})
-    on_listen(int(port))
+    server = serve(settings.listen, settings.http, registry, health.readiness)
+    log.info("serving /metrics, /healthz, /readyz", extra={"port": server.port})
+    on_listen(server.port)
     loop = Loop(live, source, health, settings.pipeline.batch_interval_s, after_tick)
     try:
         loop.run(stop)
+        server.drain(settings.http.drain_s)  # the final counts, flushed by run, stay scrapeable
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def _version() -> str:

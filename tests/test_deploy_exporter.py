@@ -93,6 +93,17 @@ def test_namespaced_variant_grants_the_same_rules_in_the_watched_namespace_only(
     assert args[args.index("--namespace") + 1] == watched
 
 
+def test_cluster_role_says_it_reads_every_containers_logs_and_names_the_narrower_variants() -> None:
+    """Issue 12 item 10: RBAC cannot narrow pods/log to istio-proxy, so the object says so
+    where ``kubectl describe clusterrole`` shows it, not only in a YAML comment."""
+    role = find(_objects("exporter"), "ClusterRole", "wslog-exporter")
+    description = " ".join(role["metadata"]["annotations"]["kubernetes.io/description"].split())
+    for claim in ("every container in every namespace", "kube-system", "istio-proxy"):
+        assert claim in description
+    assert "deploy/exporter/namespaced" in description
+    assert "deploy/exporter/daemonset" in description
+
+
 def test_daemonset_variant_has_no_api_access() -> None:
     objects = _objects("exporter/daemonset")
     rbac = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
@@ -203,9 +214,54 @@ def test_service_and_servicemonitor_reach_the_metrics_port(variant: str) -> None
     )
     assert monitor["spec"]["endpoints"][0]["port"] == port["name"]
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    policy = find(objects, "NetworkPolicy", "wslog-exporter")
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http-metrics", "protocol": "TCP"}]}]
+    assert service["spec"]["publishNotReadyAddresses"] is True, "a draining pod is scraped"
+
+
+# --- network policy ------------------------------------------------------------------------------
+
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def _policies(variant: str) -> dict[str, Obj]:
+    pod_labels = _workload(variant)["spec"]["template"]["metadata"]["labels"]
+    policies = [o for o in _objects(variant) if o["kind"] == "NetworkPolicy"]
+    for policy in policies:
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    return {p["metadata"]["name"]: p["spec"] for p in policies}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_monitoring_namespaces_prometheus_reaches_the_metrics_port(variant: str) -> None:
+    ingress = [p for p in _policies(variant).values() if "Ingress" in p["policyTypes"]]
+    assert [p.get("ingress") for p in ingress] == [
+        [{"from": [PROMETHEUS], "ports": [{"port": "http-metrics", "protocol": "TCP"}]}]
+    ]
+
+
+@pytest.mark.parametrize("variant", ["exporter", "exporter/namespaced"])
+def test_the_api_reading_exporter_may_connect_to_the_api_server_port_only(variant: str) -> None:
+    egress = [p for p in _policies(variant).values() if "Egress" in p["policyTypes"]]
+    ports = [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]
+    assert [p["egress"] for p in egress] == [[{"ports": ports}]], "no DNS, no other port"
+
+
+def test_the_daemonset_may_connect_nowhere() -> None:
+    egress = [p for p in _policies("exporter/daemonset").values() if "Egress" in p["policyTypes"]]
+    assert len(egress) == 1 and egress[0].get("egress", []) == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_grace_period_covers_the_flush_and_the_drain(variant: str) -> None:
+    """SIGTERM: the loop finishes (a batch interval, the source's 5 s join), then serves the
+    final counts for --drain-seconds; SIGKILL must not cut that short."""
+    pod = _pod(variant)
+    args = pod["containers"][0]["args"]
+    drain = float(args[args.index("--drain-seconds") + 1])
+    assert drain > 0
+    assert pod["terminationGracePeriodSeconds"] >= drain + 10
 
 
 # --- generated files -----------------------------------------------------------------------------

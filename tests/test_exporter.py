@@ -335,6 +335,8 @@ def test_cli_serves_endpoints_and_stops_cleanly_on_sigterm() -> None:
         (["--log-format", "@/no/such/file"], "cannot read"),
         (["--source", "files", "--path", "x.log", "--state-dir", "/dev/null/x"], "cannot write"),
         (["--source", "stdin", "--state-dir", "state"], "only to --source files"),
+        (["--drain-seconds", "-1"], "--drain-seconds must be in [0, 600]"),
+        (["--min-render-interval", "61"], "--min-render-interval must be in [0, 60]"),
     ],
 )
 def test_bad_settings_exit_2_with_the_fix(args: list[str], message: str) -> None:
