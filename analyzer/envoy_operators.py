@@ -60,8 +60,8 @@ class Arg(StrEnum):
 class Value(StrEnum):
     """What Envoy writes for an operator, as far as telling where its value ends goes."""
 
-    TOKEN = "token"  # no whitespace
-    TEXT = "text"  # may hold spaces and quotes: headers, metadata and filter state as JSON, ...
+    TOKEN = "token"  # no whitespace (headers: as wslog has always read them, quoted or not)
+    TEXT = "text"  # may hold spaces and quotes: metadata and filter state as JSON, a subject, ...
     TIME = "time"  # a time, in the strftime-like format given as its argument if any
 
 
@@ -301,10 +301,10 @@ _ALIASES = {"REQUEST_HEADER": "REQ", "RESPONSE_HEADER": "RESP", "RESPONSE_TRAILE
 
 def _headers() -> Iterable[Operator]:
     for name, example in _HEADERS.items():
-        yield Operator(name, Arg.REQUIRED, True, Value.TEXT, _header, example)
+        yield Operator(name, Arg.REQUIRED, True, Value.TOKEN, _header, example)
     for alias, name in _ALIASES.items():
-        yield Operator(alias, Arg.REQUIRED, True, Value.TEXT, _header, _HEADERS[name], name)
-    yield Operator("STREAM_INFO_REQ", Arg.REQUIRED, True, Value.TEXT, _header, "X-REQUEST-ID")
+        yield Operator(alias, Arg.REQUIRED, True, Value.TOKEN, _header, _HEADERS[name], name)
+    yield Operator("STREAM_INFO_REQ", Arg.REQUIRED, True, Value.TOKEN, _header, "X-REQUEST-ID")
 
 
 def _with_arguments() -> Iterable[Operator]:
@@ -318,7 +318,7 @@ def _with_arguments() -> Iterable[Operator]:
     yield Operator("ENVIRONMENT", req, True, text, example="POD_NAME")
     yield Operator("QUERY_PARAM", req, True, text, example="name")
     yield Operator("QUERY_PARAMS", opt, True, text, _choice("ORIG", "DECODED"))
-    yield Operator("PATH", opt, True, text, _path)
+    yield Operator("PATH", opt, True, Value.TOKEN, _path)
     yield Operator("CEL", req, True, text, _cel, "request.path")
     yield Operator("COALESCE", req, True, text, _coalesce, '{"operators":["UPSTREAM_HOST"]}')
     yield Operator("XFCC_VALUE", req, True, text, _xfcc, "uri")
@@ -335,11 +335,11 @@ def _with_arguments() -> Iterable[Operator]:
 def _extensions() -> Iterable[Operator]:
     ext = "envoy.formatter."
     yield Operator(
-        "REQ_WITHOUT_QUERY", Arg.OPTIONAL, True, Value.TEXT, _header, ":PATH",
+        "REQ_WITHOUT_QUERY", Arg.OPTIONAL, True, Value.TOKEN, _header, ":PATH",
         extension=ext + "req_without_query",
     )  # fmt: skip
     yield Operator(
-        "FILE_CONTENT", Arg.REQUIRED, True, Value.TEXT, _file_content, "/etc/hostname",
+        "FILE_CONTENT", Arg.REQUIRED, True, Value.TEXT, _file_content, "/path/to/file",
         extension=ext + "file_content",
     )  # fmt: skip
     yield Operator(

@@ -285,7 +285,7 @@ def _value_regex(field: Field, nxt: str | Field | None) -> str:
     if field.column == "protocol":
         return _PROTOCOL
     if field.column is None and field.kind is Value.TEXT:
-        return r".*?" if nxt is not None else r".*"  # spaces and quotes, e.g. JSON metadata
+        return r".*"  # spaces and quotes (JSON metadata); longest, so later fields stay in place
     if field.column is None and field.time_format:
         return strftime_regex(field.time_format)
     if isinstance(nxt, Field):  # run together with the next value (Istio 1.0's path+protocol)
