@@ -7,8 +7,8 @@ list of keys to pull out of ``str.json_decode``. Either way each operator is map
 ENTRY_SCHEMA column, so a field is understood under whatever key or position the user gave it.
 Operators with no column are kept as anonymous fields: they must match, but their values are
 dropped. A format is read as Envoy 1.40 reads it (``analyzer.envoy_syntax``): what Envoy would
-refuse is refused here, with the reason, and values Envoy writes with spaces or quotes (headers,
-metadata and filter state as JSON) are matched as such.
+refuse is refused here, with the reason, and values Envoy writes with spaces or quotes (metadata
+and filter state as JSON, certificate subjects) are matched as such.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def compile_json(name: str, fmt: Mapping[str, object], *, where: str = "json_for
             tokenise(text, f"{where} {path}")
     fields = []
     for key, value in fmt.items():
-        tokens = tokenise(value) if isinstance(value, str) else []
+        tokens = tokenise(value.strip()) if isinstance(value, str) else []
         if len(tokens) == 1 and isinstance(tokens[0], Command):
             fields.append(_field(tokens[0], key))
     if not fields:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from analyzer.lab import envoy_config as ec
 from analyzer.lab import processes
 from analyzer.lab.processes import EnvoyNotFoundError, PortAllocator, Sidecar
 from analyzer.lab.scenarios import BY_NAME, LogFormat
+from analyzer.options import log_formats
 from analyzer.vocab import LineResult
 from tests.conftest import ROOT
 from tests.test_decode import decode_lines
@@ -269,6 +271,31 @@ def test_a_format_without_the_ids_and_addresses_names_what_will_be_guessed() -> 
     assert "no %DOWNSTREAM_REMOTE_ADDRESS% and no %UPSTREAM_LOCAL_ADDRESS%" in addresses
     alias = compile_text("c", "%REQUEST_HEADER(X-Request-Id)% %UPSTREAM_CLUSTER_RAW%")
     assert "request_id" not in [n.column for n in correlation_needs.missing(alias)]
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_log_formats_warns_only_of_the_given_format_through_the_wslog_logger() -> None:
+    heard: list[str] = []
+    log_formats(None, warn=heard.append)
+    log_formats(ISTIO_TEXT_FORMAT, warn=heard.append)
+    assert heard == []
+    log_formats("[%START_TIME%] %RESPONSE_CODE% %REQ(X-REQUEST-ID)%", warn=heard.append)
+    assert len(heard) == 2
+    logger, collect = logging.getLogger("wslog.formats"), _Collect()
+    logger.addHandler(collect)  # what the exporter's configured "wslog" logger would write
+    try:
+        log_formats("[%START_TIME%] %RESPONSE_CODE% %REQ(X-REQUEST-ID)%")
+    finally:
+        logger.removeHandler(collect)
+    assert collect.messages == heard
 
 
 # ---- the command line -----------------------------------------------------------------------
