@@ -133,7 +133,7 @@ def run(
     *,
     max_line_bytes: int = MAX_LINE_BYTES,
 ) -> AnalysisResult:
-    formats = log_formats(log_format)
+    formats = log_formats(log_format, warn=lambda m: typer.echo(f"warning: {m}", err=True))
     expansion = expand_all(paths)
     _note_skipped(expansion.skipped)
     inputs = InputSet(expansion.sources, formats, strict=strict, max_line_bytes=max_line_bytes)

@@ -5,7 +5,10 @@ named group per operator, so the decoder can run it over a whole polars Series a
 (``str.extract_groups``). A JSON format object (``{"key": "%OPERATOR%", ...}``) compiles to the
 list of keys to pull out of ``str.json_decode``. Either way each operator is mapped to its
 ENTRY_SCHEMA column, so a field is understood under whatever key or position the user gave it.
-Unknown operators are kept as anonymous fields: they must match, but their values are dropped.
+Operators with no column are kept as anonymous fields: they must match, but their values are
+dropped. A format is read as Envoy 1.40 reads it (``analyzer.envoy_syntax``): what Envoy would
+refuse is refused here, with the reason, and values Envoy writes with spaces or quotes (metadata
+and filter state as JSON, certificate subjects) are matched as such.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from analyzer.envoy_operators import OPERATORS, Value, canonical
+from analyzer.envoy_syntax import Command, json_strings, tokenise
 from analyzer.errors import FormatError
 from analyzer.istio_formats import (
     ENVOY_DEFAULT_FORMAT,
@@ -85,7 +90,6 @@ INT_COLUMNS = frozenset(
     }
 )
 
-_OPERATOR = re.compile(r"%([A-Z][A-Z0-9_]*)(?:\(((?:[^()%]|%[^%()]*)*)\))?(?::(\d+))?%")
 _TIME_DEFAULT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z"
 _INT = r"-?\d+|-"
 _PROTOCOL = r"HTTP/[0-9.]+|-"  # all Envoy's %PROTOCOL% writes
@@ -100,6 +104,7 @@ class Field:
     key: str
     column: str | None
     time_format: str | None = None
+    kind: Value = Value.TOKEN  # what Envoy writes, for a field with no column
 
     @property
     def value_type(self) -> ValueType:
@@ -193,18 +198,19 @@ def parse_log_format(spec: str, name: str = "custom") -> Format:
                 f"--log-format looks like a JSON object but is not valid JSON ({exc}); "
                 "quote it for your shell or put it in a file and pass @file."
             ) from exc
-        return compile_json(name, obj)
-    return compile_text(name, spec)
+        return compile_json(name, obj, where="--log-format")
+    return compile_text(name, spec, where="--log-format")
 
 
-def compile_json(name: str, fmt: Mapping[str, object]) -> Format:
+def compile_json(name: str, fmt: Mapping[str, object], *, where: str = "json_format") -> Format:
+    for path, text in json_strings(fmt):
+        if "%" in text:
+            tokenise(text, f"{where} {path}")
     fields = []
     for key, value in fmt.items():
-        if not isinstance(value, str):
-            continue
-        match = _OPERATOR.fullmatch(value.strip())
-        if match is not None:
-            fields.append(_field(match, key))
+        tokens = tokenise(value.strip()) if isinstance(value, str) else []
+        if len(tokens) == 1 and isinstance(tokens[0], Command):
+            fields.append(_field(tokens[0], key))
     if not fields:
         raise FormatError(
             f"the JSON format {name!r} has no value that is a single %OPERATOR%; "
@@ -213,7 +219,8 @@ def compile_json(name: str, fmt: Mapping[str, object]) -> Format:
     return Format(name, FormatKind.JSON, tuple(fields))
 
 
-def compile_text(name: str, fmt: str) -> Format:
+def compile_text(name: str, fmt: str, *, where: str = "the format") -> Format:
+    tokenise(fmt, where)  # what Envoy refuses, with the position in the format as given
     tokens = _tokenise(_strip_newline(fmt))
     fields = tuple(t for t in tokens if isinstance(t, Field))
     if not fields:
@@ -231,17 +238,16 @@ def compile_text(name: str, fmt: str) -> Format:
     return Format(name, FormatKind.TEXT, fields, pattern, probe, steps, labels, literals)
 
 
-def _field(match: re.Match[str], key: str) -> Field:
-    name, arg = match.group(1), match.group(2)
-    operator = _normalise(name, arg)
-    column = OPERATOR_COLUMNS.get(operator)
-    time_format = arg if name == "START_TIME" and arg else None
-    return Field(operator, key, column, time_format)
+def _field(command: Command, key: str) -> Field:
+    operator = _normalise(canonical(command.name), command.arg)
+    kind = OPERATORS[command.name].value
+    time_format = command.arg if kind is Value.TIME and command.arg else None
+    return Field(operator, key, OPERATOR_COLUMNS.get(operator), time_format, kind)
 
 
-def _normalise(name: str, arg: str | None) -> str:
+def _normalise(name: str, arg: str) -> str:
     """``REQ(x-envoy-original-path?:path)`` -> ``REQ(X-ENVOY-ORIGINAL-PATH)``: first header."""
-    if arg is None or name == "START_TIME":
+    if not arg or name == "START_TIME":
         return name
     if name in {"REQ", "RESP", "TRAILER", "REQ_WITHOUT_QUERY"}:
         return f"{name}({arg.split('?')[0].strip().upper()})"
@@ -257,14 +263,9 @@ def _strip_newline(fmt: str) -> str:
 
 def _tokenise(fmt: str) -> list[str | Field]:
     tokens: list[str | Field] = []
-    pos = 0
-    for match in _OPERATOR.finditer(fmt):
-        if match.start() > pos:
-            tokens.append(fmt[pos : match.start()])
-        tokens.append(_field(match, f"f{sum(isinstance(t, Field) for t in tokens)}"))
-        pos = match.end()
-    if pos < len(fmt):
-        tokens.append(fmt[pos:])
+    for token in tokenise(fmt):
+        fields = sum(isinstance(t, Field) for t in tokens)
+        tokens.append(token if isinstance(token, str) else _field(token, f"f{fields}"))
     return tokens
 
 
@@ -283,6 +284,10 @@ def _value_regex(field: Field, nxt: str | Field | None) -> str:
         return strftime_regex(field.time_format) if field.time_format else _TIME_DEFAULT
     if field.column == "protocol":
         return _PROTOCOL
+    if field.column is None and field.kind is Value.TEXT:
+        return r".*"  # spaces and quotes (JSON metadata); longest, so later fields stay in place
+    if field.column is None and field.time_format:
+        return strftime_regex(field.time_format)
     if isinstance(nxt, Field):  # run together with the next value (Istio 1.0's path+protocol)
         return r"\S*?"
     if isinstance(nxt, str) and nxt[0] not in " \t":

@@ -41,8 +41,10 @@ def test_istio_1_23_text_differs_from_1_9_only_by_upstream_cluster_raw() -> None
 
 
 def test_header_names_map_to_entry_columns_case_insensitively() -> None:
-    fmt = compile_text("c", "%REQ(upgrade)% %REQ(x-request-id)% %ACCESS_LOG_TYPE% %req(upgrade)%")
+    fmt = compile_text("c", "%REQ(upgrade)% %REQ(x-request-id)% %ACCESS_LOG_TYPE%")
     assert [f.column for f in fmt.fields] == ["upgrade", "request_id", "access_log_type"]
+    with pytest.raises(FormatError, match="upper case"):  # Envoy refuses %req(...)%
+        compile_text("c", "%REQ(upgrade)% %req(upgrade)%")
     fmt = compile_text("c", "%REQ(Upgrade)% %REQ(X-Request-Id)% %CONNECTION_ID% %DURATION%")
     assert [f.column for f in fmt.fields] == [
         "upgrade",
