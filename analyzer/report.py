@@ -165,8 +165,7 @@ def render_table(result: AnalysisResult, console: Console, *, connections: bool 
         console.print("[yellow]No WebSocket connections found.[/yellow]")
     else:
         console.print(summary_table(summary(conns)))
-    for record in failures(conns):
-        _print_failure(console, record)
+    print_failures(console, conns)
     if connections and conns.height:
         console.print(_connections_table(conns))
     _print_pairing(console, conns)
@@ -208,6 +207,12 @@ CONNECTION_COLUMNS = (
     "duration_ms",
 )
 OUTCOME_STYLE = {"upgraded": "green", "rejected": "yellow", "failed": "red", "open": "cyan"}
+
+
+def print_failures(console: Console, conns: pl.DataFrame) -> None:
+    """Each failure's why, fix and example request ids."""
+    for record in failures(conns):
+        _print_failure(console, record)
 
 
 def _print_failure(console: Console, record: dict[str, Any]) -> None:

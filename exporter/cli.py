@@ -30,7 +30,7 @@ from exporter.settings import (
     validate_http,
     validate_pipeline,
 )
-from exporter.sources import FileSettings, KubeSettings, Source, StdinSource
+from exporter.sources import FileSettings, KubeSettings, Source, SourceError, StdinSource
 
 SOURCE_HELP = "Where lines come from: kubernetes (pod logs via the API), files, or stdin."
 PATH_HELP = (
@@ -41,10 +41,16 @@ SourceOpt = Annotated[SourceKind, typer.Option(help=SOURCE_HELP, envvar="WSLOG_S
 PathOpt = Annotated[list[str] | None, typer.Option("--path", help=PATH_HELP, envvar="WSLOG_PATH")]
 FromStartOpt = Annotated[
     bool,
-    typer.Option(help="files: read matched files from the beginning, not only new lines."),
+    typer.Option(
+        help="files: read matched files from the beginning, not only new lines.",
+        envvar="WSLOG_FROM_START",
+    ),
 ]
 OnceOpt = Annotated[
-    bool, typer.Option(help="files: read to the end of every file, then stop following.")
+    bool,
+    typer.Option(
+        help="files: read to the end of every file, then stop following.", envvar="WSLOG_ONCE"
+    ),
 ]
 StateDirOpt = Annotated[
     str | None,
@@ -82,7 +88,9 @@ KubeconfigOpt = Annotated[
         envvar="KUBECONFIG",
     ),
 ]
-ContextOpt = Annotated[str | None, typer.Option(help="kubernetes: kubeconfig context.")]
+ContextOpt = Annotated[
+    str | None, typer.Option(help="kubernetes: kubeconfig context.", envvar="WSLOG_CONTEXT")
+]
 StreamsOpt = Annotated[
     int,
     typer.Option(
@@ -131,6 +139,12 @@ FormatOpt = Annotated[
 ]
 
 
+NO_CREDENTIALS_FIX = (
+    "Pass --kubeconfig FILE or --context NAME, run in a pod with a service account, "
+    "or read logs another way: --source files --path GLOB, or --source stdin"
+)
+
+
 def _source(
     kind: SourceKind,
     paths: list[str],
@@ -161,9 +175,13 @@ def _source(
         return FileSource(files)
     if kind is SourceKind.STDIN:
         return StdinSource(max_line_bytes=max_line_bytes)
-    from exporter.kube import KubeSource
+    from exporter.kube import KubeSource, connect
 
-    return KubeSource(kube)
+    try:
+        api = connect(kube)  # loads credentials only: no request yet
+    except SourceError as error:
+        raise SettingsError(f"{str(error).rstrip('.')}. {NO_CREDENTIALS_FIX}") from error
+    return KubeSource(kube, api)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -281,9 +299,14 @@ def exporter(
         )
         formats = log_formats(log_format)
     from exporter.run import run_exporter
+    from exporter.server import ListenError
 
     settings = ExporterSettings(source, listen_at, series, pipeline, http)
-    run_exporter(settings, src, formats, _stop_on_signals())
+    try:
+        run_exporter(settings, src, formats, _stop_on_signals())
+    except ListenError as error:
+        typer.echo(f"wslog exporter: {error}", err=True)
+        raise typer.Exit(2) from error
 
 
 def tail(
@@ -316,12 +339,17 @@ def tail(
     max_line_bytes: LineBytesOpt = MAX_LINE_BYTES,
 ) -> None:
     """Print each WebSocket connection as soon as it is classified; a summary on Ctrl-C."""
-    from rich.console import Console
-
+    from analyzer.report import print_failures, report_console, summary, summary_table
     from analyzer.vocab import Outcome
     from exporter.tail import TailFilter, run_tail
 
     with _settings_errors("tail"):
+        unknown = set(outcome or []) - {o.value for o in Outcome}
+        if unknown:
+            choices = ", ".join(o.value for o in Outcome)
+            raise SettingsError(
+                f"--outcome {', '.join(sorted(unknown))}: not an outcome; choose from {choices}"
+            )
         pipeline = _pipeline_settings(
             pair_window,
             clock_skew,
@@ -343,16 +371,12 @@ def tail(
             state_dir=state_dir,
         )
         formats = log_formats(log_format)
-        unknown = set(outcome or []) - {o.value for o in Outcome}
-        if unknown:
-            raise SettingsError(f"--outcome {', '.join(sorted(unknown))}: not an outcome")
     only = TailFilter(tuple(filter_namespace or []), tuple(service or []), tuple(outcome or []))
-    console = Console(stderr=False)
-    result = run_tail(src, formats, pipeline, only, console, _stop_on_signals())
-    if result.height:
-        from analyzer.report import summary_table
-
-        console.print(summary_table(result))
+    console = report_console()
+    shown = run_tail(src, formats, pipeline, only, console, _stop_on_signals())
+    if shown.height:
+        console.print(summary_table(summary(shown)))
+        print_failures(console, shown)
 
 
 @contextmanager

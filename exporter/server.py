@@ -12,6 +12,7 @@ sources stopped, so that the final counts can be scraped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import queue
@@ -27,6 +28,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from analyzer.errors import WslogError
 from exporter.endpoints import Endpoints, Readiness, RenderCache
 from exporter.settings import HttpSettings, Listen
 
@@ -128,6 +130,27 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http %s: " + format, self.client_address[0], *args)
 
 
+class ListenError(WslogError):
+    """The listen address cannot be bound; the message says why and what to do."""
+
+    def __init__(self, listen: Listen, error: OSError) -> None:
+        fix = _LISTEN_FIXES.get(
+            error.errno or 0, "check --listen (HOST:PORT, e.g. 0.0.0.0:9090 or 127.0.0.1:0)"
+        )
+        host = f"[{listen.host}]" if ":" in listen.host else listen.host
+        where = f"{host}:{listen.port}"
+        super().__init__(f"--listen {where}: {error.strerror or error}; {fix}")
+
+
+_LISTEN_FIXES = {
+    errno.EADDRINUSE: "another process listens there: stop it, or choose another port "
+    "(--listen 127.0.0.1:0 takes any free one)",
+    errno.EADDRNOTAVAIL: "this machine has no such address: use 0.0.0.0 (every address) or "
+    "127.0.0.1",
+    errno.EACCES: "ports below 1024 need privileges: use a port such as 9090",
+}
+
+
 class HttpServer:
     """Serves ``Endpoints`` on one listening socket with bounded threads (module docstring)."""
 
@@ -135,7 +158,10 @@ class HttpServer:
         self.settings, self.endpoints = settings, endpoints
         family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
         address = (listen.host, listen.port)
-        self._listener = socket.create_server(address, family=family, backlog=settings.backlog)
+        try:
+            self._listener = socket.create_server(address, family=family, backlog=settings.backlog)
+        except OSError as error:
+            raise ListenError(listen, error) from error
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector = selectors.DefaultSelector()
         for sock in (self._listener, self._wake_r, self._wake_w):

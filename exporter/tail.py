@@ -10,7 +10,8 @@ from rich.console import Console
 
 from analyzer.formats import FormatSet
 from analyzer.pipeline import Step
-from analyzer.report import OUTCOME_STYLE, summary
+from analyzer.report import OUTCOME_STYLE
+from analyzer.schema import CONNECTION_SCHEMA
 from exporter.run import Loop, build_live
 from exporter.settings import PipelineSettings
 from exporter.sources import Source, SourceEvents
@@ -62,8 +63,8 @@ class Printer:
         for row in shown.iter_rows(named=True):
             self.console.print(format_line(row), highlight=False)
 
-    def summary(self) -> pl.DataFrame:
-        return summary(pl.concat(self.seen)) if self.seen else pl.DataFrame()
+    def connections(self) -> pl.DataFrame:
+        return pl.concat([pl.DataFrame(schema=CONNECTION_SCHEMA), *self.seen])
 
 
 def format_line(row: dict[str, object]) -> str:
@@ -87,9 +88,9 @@ def run_tail(
     console: Console,
     stop: threading.Event,
 ) -> pl.DataFrame:
-    """Print connections as they are classified until ``stop``; return the summary."""
+    """Print connections as they are classified until ``stop``; return those shown."""
     printer = Printer(console, only)
     live = build_live(settings, formats, printer)
     events: SourceEvents = QuietEvents(console)
     Loop(live, source, events, settings.batch_interval_s, exit_on_end=True).run(stop)
-    return printer.summary()
+    return printer.connections()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -34,3 +35,25 @@ def test_dash_h_is_help_everywhere(command: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
     assert "<bool>" not in result.stdout  # a flag takes no value: never invite --flag true
+
+
+@pytest.mark.parametrize(
+    ("command", "interactive"),
+    [("exporter", []), ("tail", ["--filter-namespace", "--service", "--outcome"])],
+)
+def test_every_flag_of_the_long_running_commands_has_an_environment_variable(
+    command: str, interactive: list[str]
+) -> None:
+    """The README promises a WSLOG_* variable for each (tail's display filters excepted)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "wslog", command, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    options = [line for line in result.stdout.splitlines() if line.startswith("│ --")]
+    assert len(options) > 15
+    lacking = [o.split()[1] for o in options if "env var:" not in o and "--help" not in o]
+    assert lacking == interactive

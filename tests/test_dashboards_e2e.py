@@ -266,6 +266,7 @@ def registry_target() -> Iterator[str]:
     done.set()
     feeder.join(timeout=5)
     server.shutdown()
+    server.server_close()
     thread.join(timeout=5)
 
 

@@ -54,7 +54,7 @@ RBAC_FIX = (
     '(ClusterRole rules: apiGroups [""], resources ["pods"], verbs ["get","list","watch"]; '
     'apiGroups [""], resources ["pods/log"], verbs ["get"]) and bind it'
 )
-log = logging.getLogger(__name__)
+log = logging.getLogger("wslog.exporter.kube")  # under "wslog": JSON lines like the rest
 # The client's config loaders and Watch are untyped; call them through Any.
 config: Any = kube_config
 new_watch: Any = watch.Watch
@@ -71,6 +71,11 @@ class Backoff:
 
     def reset(self) -> None:
         self._delay = self._initial
+
+    @property
+    def next_s(self) -> float:
+        """The longest the next wait may be."""
+        return self._delay
 
     def wait(self, stop: threading.Event) -> bool:
         """Sleep the current delay (or until stop); True when stopping."""
@@ -192,6 +197,10 @@ class Api:
             raise SourceError(message, retryable=False) from error
         cfg.connection_pool_maxsize = settings.max_concurrent_streams + 8
         return cls(client.ApiClient(cfg), settings)
+
+    @property
+    def host(self) -> str:
+        return str(self.client.configuration.host)
 
     def list_pods(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
         kwargs: dict[str, Any] = {
@@ -578,14 +587,23 @@ class Watcher:
                     resource_version = None
                 elif error.status in (401, 403):
                     shared.health.fail(self._key, denial(error, self._what()))
+                else:
+                    self._unreachable(f"HTTP {error.status} {_status_message(error)}", backoff)
             except (urllib3.exceptions.HTTPError, OSError, ValueError, KeyError) as error:
                 reason = restart_reason(error)
-                log.debug("%s: %s", self._key, error)
+                self._unreachable(str(error), backoff)
             if shared.stop.is_set():
                 break
             shared.events.stream_restarted(KIND, self._key, reason)
             if reason is not RestartReason.WATCH_EXPIRED and backoff.wait(shared.stop):
                 break
+
+    def _unreachable(self, error: str, backoff: Backoff) -> None:
+        """Each failed attempt, at warning level and in /readyz: an unreachable API server is
+        what an operator must see, not a silence."""
+        reason = f"cannot reach the API server at {self._shared.api.host}: {error}"
+        self._shared.health.fail(self._key, reason)
+        log.warning("%s while %s; retrying in %.1f s", reason, self._what(), backoff.next_s)
 
     def _what(self) -> str:
         scope = f"in namespace {self.namespace}" if self.namespace else "in all namespaces"
