@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from analyzer.lab import processes
 from analyzer.lab.processes import EnvoyNotFoundError, LabError, PortAllocator, Sidecar
-from analyzer.lab.runner import RunSettings, ScenarioResult, ignore, run_scenarios
+from analyzer.lab.runner import INCOMPLETE, RunSettings, ScenarioResult, ignore, run_scenarios
 from analyzer.lab.scenarios import SCENARIOS, LogFormat, select
 from tests.test_lab_expectations import CASES, CHECKS, load_run
 
@@ -78,6 +79,14 @@ def test_all_scenarios_finish_well_within_the_bound(
 ) -> None:
     for fmt, (_, seconds) in live.items():
         assert seconds < RUN_BOUND_S, f"{fmt}: {seconds:.1f}s"
+
+
+def test_a_finished_run_leaves_no_incomplete_marker(
+    live: dict[LogFormat, tuple[Path, float]],
+) -> None:
+    for out, _ in live.values():
+        assert sorted(out.glob(f"*/{INCOMPLETE}")) == []
+        assert len(list(out.glob("*/client.log"))) == len(SCENARIOS)
 
 
 def test_no_child_process_outlives_a_run(live: dict[LogFormat, tuple[Path, float]]) -> None:
@@ -142,6 +151,8 @@ def test_ctrl_c_on_the_cli_stops_every_envoy(tmp_path: Path) -> None:
     assert cli.returncode == 130
     assert b"interrupted" in stderr
     assert _gone(envoys, bound_s=0)
+    marker = json.loads((tmp_path / "long-lived" / INCOMPLETE).read_text())
+    assert marker["scenario"] == "long-lived" and "partial" in marker["state"]
 
 
 def test_sidecars_die_with_a_killed_lab(tmp_path: Path) -> None:

@@ -94,9 +94,16 @@ async def wait_for_entries(
     return False
 
 
-def _prepare_dir(directory: Path) -> None:
-    """Empty logs and no stale client result, so nothing of an earlier run is mistaken for this."""
+INCOMPLETE = "INCOMPLETE.json"
+
+
+def _prepare_dir(directory: Path, scenario: Scenario) -> None:
+    """Empty logs and no stale client result, so nothing of an earlier run is mistaken for this;
+    a marker says the directory is being written until the scenario has run to its end (an
+    interrupted or killed run leaves it, so its partial logs are never taken for a capture)."""
     directory.mkdir(parents=True, exist_ok=True)
+    marker = {"scenario": scenario.name, "state": "running or interrupted: the logs are partial"}
+    (directory / INCOMPLETE).write_text(json.dumps(marker) + "\n")
     for log in ("client.log", "server.log"):
         (directory / log).write_bytes(b"")
     (directory / "client-result.json").unlink(missing_ok=True)
@@ -166,10 +173,13 @@ def _judge(
 async def _run(
     scenario: Scenario, settings: RunSettings, ports: Ports, phase: _Phase
 ) -> ScenarioResult:
-    _prepare_dir(settings.out / scenario.name)
+    directory = settings.out / scenario.name
+    _prepare_dir(directory, scenario)
     start = time.monotonic()
     results = await _exercise(scenario, settings, ports, phase)
-    return _judge(scenario, settings, results, time.monotonic() - start)
+    judged = _judge(scenario, settings, results, time.monotonic() - start)
+    (directory / INCOMPLETE).unlink()
+    return judged
 
 
 async def run_scenario(
