@@ -288,6 +288,7 @@ def exporter(
         )
         raise_if(validate_http(drain_seconds, min_render_interval))
         http = HttpSettings(min_render_interval_s=min_render_interval, drain_s=drain_seconds)
+        formats = log_formats(log_format)  # every setting checked before any credential
         src = _source(
             source,
             path or [],
@@ -297,7 +298,6 @@ def exporter(
             max_line_bytes=max_line_bytes,
             state_dir=state_dir,
         )
-        formats = log_formats(log_format)
     from exporter.run import run_exporter
     from exporter.server import ListenError
 
@@ -361,6 +361,7 @@ def tail(
         kube = _kube_settings(
             namespace, selector, since, kubeconfig, context, max_streams, max_line_bytes
         )
+        formats = log_formats(log_format)  # every setting checked before any credential
         src = _source(
             source,
             path or [],
@@ -370,7 +371,6 @@ def tail(
             max_line_bytes=max_line_bytes,
             state_dir=state_dir,
         )
-        formats = log_formats(log_format)
     only = TailFilter(tuple(filter_namespace or []), tuple(service or []), tuple(outcome or []))
     console = report_console()
     shown = run_tail(src, formats, pipeline, only, console, _stop_on_signals())
