@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from analyzer.errors import WslogError
+from analyzer.timerange import TimeRange, parse_bound
 from tests.conftest import ROOT, TESTDATA
 from tests.fake_k8s import FakeKube, parse_rfc3339
 
@@ -280,6 +282,28 @@ def test_a_connection_still_open_at_since_is_kept_and_one_closed_before_is_not()
     assert "--since yesterday: give a duration before now (90s, 30m, 1h" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", datetime(2026, 12, 1, 11, 58, 30, tzinfo=UTC)),
+        ("1h30m", datetime(2026, 12, 1, 10, 30, tzinfo=UTC)),
+        ("2d", datetime(2026, 11, 29, 12, 0, tzinfo=UTC)),
+        ("2026-11-26T00:13:29.3Z", datetime(2026, 11, 26, 0, 13, 29, 300000, tzinfo=UTC)),
+        ("2026-11-26T01:13:29+01:00", datetime(2026, 11, 26, 0, 13, 29, tzinfo=UTC)),
+        ("2026-11-26 00:13", datetime(2026, 11, 26, 0, 13, tzinfo=UTC)),  # no zone: UTC
+    ],
+)
+def test_a_bound_is_a_duration_before_now_or_a_time(text: str, expected: datetime) -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert parse_bound("--since", text, now=now) == expected
+
+
+def test_a_range_that_ends_before_it_starts_is_refused() -> None:
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    with pytest.raises(WslogError, match="is not before --until"):
+        TimeRange(parse_bound("--since", "1h", now=now), parse_bound("--until", "2h", now=now))
+
+
 # -- (4) what stops a run ----------------------------------------------------------------------
 
 
@@ -295,6 +319,30 @@ def test_a_refused_log_read_exits_2_naming_the_permission(kube: FakeKube) -> Non
     assert f"Forbidden (403) reading the log of pod {NS}/{CLIENT}" in line
     assert "get and list on pods and get on pods/log" in line
     assert "--context" in line
+
+
+def test_rejected_credentials_exit_2_saying_to_log_in_again(kube: FakeKube) -> None:
+    kube.add_pod(NS, CLIENT, lines=lab(FLAGSHIP, "client"))
+    assert kube.kubeconfig_path  # written with the token the server accepts now
+    kube.token = "another-token"  # then the server accepts only another
+
+    result = from_cluster(kube)
+
+    assert result.returncode == 2
+    assert "Unauthorized (401) listing pods: the API server rejected the credentials" in (
+        result.stderr
+    )
+
+
+def test_a_failing_log_read_exits_2_saying_to_retry(kube: FakeKube) -> None:
+    kube.add_pod(NS, CLIENT, lines=lab(FLAGSHIP, "client"))
+    kube.fail_next("log", 500)
+
+    result = from_cluster(kube)
+
+    assert result.returncode == 2
+    assert f"reading the log of pod {NS}/{CLIENT} failed (500" in result.stderr
+    assert "retry" in result.stderr
 
 
 def test_a_refused_pod_list_exits_2_naming_the_namespace(kube: FakeKube) -> None:

@@ -62,7 +62,8 @@ KUBERNETES_HELP = (
 )
 SINCE_HELP = (
     f"Only connections open at or after this: {BOUND_HELP}. With --kubernetes the log API "
-    "serves only lines written since then. Entries left out are counted in the report."
+    "is asked only for lines written since then (less --window). Connections left out are "
+    "counted in the report."
 )
 UNTIL_HELP = f"Only connections that started before this: {BOUND_HELP}."
 

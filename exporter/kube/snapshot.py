@@ -88,6 +88,7 @@ class Snapshot:
             settings.max_concurrent_streams, thread_name_prefix="wslog-snapshot"
         )
         self._order: list[PodLog] = []
+        self._position: dict[PodLog, int] = {}
         self._ahead: dict[PodLog, Future[_Opened]] = {}
         self._sent: set[PodLog] = set()
         self.not_started: list[str] = []  # pods whose container never ran
@@ -106,6 +107,7 @@ class Snapshot:
             for pod in self._list(namespace):
                 found.setdefault(pod.source, pod)
         self._order = sorted(found.values(), key=lambda pod: pod.source)
+        self._position = {pod: index for index, pod in enumerate(self._order)}
         return list(self._order)
 
     def opener(self, pod: PodLog) -> Callable[[], BinaryIO]:
@@ -115,7 +117,7 @@ class Snapshot:
     def open(self, pod: PodLog) -> BinaryIO:
         """``pod``'s log, previous instance first, as one stream; the requests of the next pods
         (in ``pods()`` order, the order the analysis opens them) are sent meanwhile."""
-        position = self._order.index(pod) if pod in self._order else len(self._order)
+        position = self._position.get(pod, len(self._order))
         for later in self._order[position : position + self.settings.max_concurrent_streams]:
             if later not in self._sent:
                 self._sent.add(later)
