@@ -238,12 +238,12 @@ def _read_files(paths: list[str], reading: Reading) -> AnalysisResult:
     r = reading
     return run(
         paths,
-        r.log_format,
-        r.include_all,
-        r.keep_query,
-        r.strict,
-        r.window,
-        r.clock_skew,
+        log_format=r.log_format,
+        include_all=r.include_all,
+        keep_query=r.keep_query,
+        strict=r.strict,
+        window=r.window,
+        clock_skew=r.clock_skew,
         max_line_bytes=r.max_line_bytes,
         time_range=r.time_range,
     )
