@@ -16,7 +16,7 @@ import io
 import re
 import sys
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,10 +39,17 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 @dataclass(frozen=True)
 class InputSource:
-    """One thing to read: a file, or standard input (``path`` is None)."""
+    """One thing to read: a file, a stream ``opener`` gives when it is first read (a pod's log
+    from the API, named ``namespace/pod``), or standard input (neither)."""
 
     name: str
     path: Path | None = None
+    opener: Callable[[], BinaryIO] | None = None
+
+    @property
+    def owned(self) -> bool:
+        """Whether reading it opens something that must be closed (not stdin)."""
+        return self.path is not None or self.opener is not None
 
 
 # In a directory, the files that look like logs: *.log, rotated *.log.N / *.log.<date>,
@@ -93,8 +100,16 @@ def _expand_one(arg: str, skipped: list[Path]) -> list[InputSource]:
 def open_source(source: InputSource, stdin: BinaryIO | None = None) -> BinaryIO:
     """A binary stream of the source's bytes, gunzipped when it starts with gzip's magic."""
     raw = _open_raw(source, stdin)
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(_Raw(raw))
-    if buffered.peek(2)[:2] == _GZIP_MAGIC:
+    if isinstance(raw, io.BufferedReader):
+        buffered = raw
+    else:
+        buffered = io.BufferedReader(_Raw(raw, owned=source.opener is not None))
+    try:
+        magic = buffered.peek(2)[:2]
+    except OSError as exc:
+        buffered.close()
+        raise InputError(f"{source.name}: read failed ({exc.strerror or exc}).") from exc
+    if magic == _GZIP_MAGIC:
         return cast(BinaryIO, gzip.GzipFile(fileobj=buffered, mode="rb"))
     return buffered
 
@@ -102,8 +117,14 @@ def open_source(source: InputSource, stdin: BinaryIO | None = None) -> BinaryIO:
 class _Raw(io.RawIOBase):
     """Any binary stream as a raw stream, so ``BufferedReader`` can peek at its first bytes."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, *, owned: bool = False) -> None:
         self._stream = stream
+        self._owned = owned  # closing this closes the stream (not stdin's)
+
+    def close(self) -> None:
+        if self._owned and not self.closed:
+            self._stream.close()
+        super().close()
 
     def readable(self) -> bool:
         return True
@@ -115,6 +136,8 @@ class _Raw(io.RawIOBase):
 
 
 def _open_raw(source: InputSource, stdin: BinaryIO | None) -> BinaryIO:
+    if source.opener is not None:
+        return source.opener()
     if source.path is None:
         return stdin if stdin is not None else sys.stdin.buffer
     try:
@@ -266,7 +289,7 @@ class SourceReader:
         return self._blocks, self._deframer
 
     def close(self) -> None:
-        if self.source.path is not None and self._stream is not None:
+        if self.source.owned and self._stream is not None:
             inner = self._stream.fileobj if isinstance(self._stream, gzip.GzipFile) else None
             self._stream.close()
             if inner is not None:
@@ -332,6 +355,10 @@ class InputSet:
 
     def bytes_read(self) -> int:
         return sum(reader.position() for reader in self.readers)
+
+    def sources_read(self) -> int:
+        """How many sources were read to their end."""
+        return sum(reader.done for reader in self.readers)
 
     def low_watermark(self) -> datetime:
         """How far every input has got: the oldest progress among the sources not yet exhausted

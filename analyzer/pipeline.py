@@ -21,6 +21,7 @@ from analyzer.decode import Decoded, decode_framed
 from analyzer.formats import FormatSet, default_formats
 from analyzer.framing import Framed
 from analyzer.schema import CONNECTION_SCHEMA, REJECT_SCHEMA
+from analyzer.timerange import TimeRange
 from analyzer.vocab import PAIRING_SIDES, LineResult
 
 
@@ -129,6 +130,8 @@ class AnalysisResult:
     non_http: int
     evicted: dict[str, int]
     late_entries: int = 0  # entries that came after their connection was released paired
+    time_range: TimeRange = field(default_factory=TimeRange)  # --since / --until
+    outside_range: int = 0  # WebSocket connections not open within ``time_range``
 
     @property
     def total_lines(self) -> int:
@@ -161,14 +164,18 @@ class Analysis:
         self._evicted.update(early_by_side(step.early))
         self._late += step.late
 
-    def result(self, *, include_all: bool = False) -> AnalysisResult:
+    def result(
+        self, *, include_all: bool = False, time_range: TimeRange | None = None
+    ) -> AnalysisResult:
         every = pl.concat([pl.DataFrame(schema=CONNECTION_SCHEMA), *self._connections])
         evidence = PathEvidence(limit=1_000_000)
         evidence.learn(every)
         selected = select_websockets(every, evidence.paths, include_all=include_all)
+        within = time_range or TimeRange()
+        in_range, outside = within.split(selected)
         examples = pl.concat([pl.DataFrame(schema=REJECT_SCHEMA), *self._examples])
         return AnalysisResult(
-            connections=selected.sort("start_time", "request_id", nulls_last=True),
+            connections=in_range.sort("start_time", "request_id", nulls_last=True),
             lines={result: self._lines[result] for result in LineResult},
             rejects_by_reason=dict(self._reasons.most_common()),
             reject_examples=examples,
@@ -176,6 +183,8 @@ class Analysis:
             non_http=self._non_http,
             evicted=dict(self._evicted),
             late_entries=self._late,
+            time_range=within,
+            outside_range=outside,
         )
 
 
@@ -185,15 +194,17 @@ def analyze_chunks(
     *,
     pipeline: Pipeline,
     include_all: bool = False,
+    time_range: TimeRange | None = None,
 ) -> AnalysisResult:
     """A whole run of ``wslog analyze``: every decoded chunk through ``pipeline``, with the
     inputs' ``watermark`` read after each, then the end of input. Connections released without
     both sides are held to the end (``CorrelationSettings.hold_unpaired``), so a counterpart
-    later in the same stream still joins them."""
+    later in the same stream still joins them. WebSocket connections not open within
+    ``time_range`` are counted and left out."""
     if not pipeline.settings.hold_unpaired:
         pipeline = replace(pipeline, settings=replace(pipeline.settings, hold_unpaired=True))
     analysis = Analysis()
     for chunk in chunks:
         analysis.add(pipeline.feed_decoded(chunk, watermark()))
     analysis.add(pipeline.flush())
-    return analysis.result(include_all=include_all)
+    return analysis.result(include_all=include_all, time_range=time_range)

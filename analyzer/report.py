@@ -94,6 +94,10 @@ def document(result: AnalysisResult) -> dict[str, Any]:
             "http_connections": result.left_out_http,
             "tcp_connections": result.non_http,
             "hint": UPGRADE_HINT if result.left_out_http else "",
+            "outside_time_range": {
+                "connections": result.outside_range,
+                **result.time_range.bounds(),
+            },
         },
         "evicted": result.evicted,
         "late_entries": result.late_entries,
@@ -283,6 +287,12 @@ def _print_lines(console: Console, result: AnalysisResult) -> None:
     shown = result.reject_examples.height
     if lines[LineResult.MALFORMED] > shown:
         console.print(f"    ... and {lines[LineResult.MALFORMED] - shown} more", highlight=False)
+    if result.time_range.bounded:
+        console.print(
+            f"time range {result.time_range.describe()}: {result.outside_range} WebSocket "
+            "connections not open within it left out",
+            highlight=False,
+        )
     if result.late_entries:
         late = LATE_HINT.format(n=result.late_entries)
         console.print(f"[yellow]{late}[/yellow]", highlight=False)

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from analyzer.cli import analyze
 from analyzer.lab.cli import app as lab_app
 from exporter.cli import exporter, tail
 from exporter.doctor_cli import doctor
+from wslog.analyze import analyze
 
 app = typer.Typer(
     name="wslog",

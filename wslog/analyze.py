@@ -1,0 +1,393 @@
+"""``wslog analyze``: istio-proxy logs in (saved files, or a cluster's pods read as they are
+now), one explained row per WebSocket out.
+
+The command lives in the composition root because ``--kubernetes`` reads pods through
+``exporter.kube`` (the only package that talks to Kubernetes), which the analyzer must not
+import; files go through ``analyzer.cli.run``, pods through ``analyzer.cli.analyze_sources``,
+so both print the same report from the same pipeline.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import polars as pl
+import typer
+
+from analyzer.cli import analyze_sources, run
+from analyzer.errors import InputError, WslogError
+from analyzer.inputs import InputSource
+from analyzer.lines import MAX_LINE_BYTES
+from analyzer.options import log_formats
+from analyzer.pipeline import AnalysisResult
+from analyzer.report import render_table, report_console, write_binary
+from analyzer.timerange import BOUND_HELP, TimeRange, parse_bound
+from analyzer.vocab import Cause, LineResult, Outcome
+from exporter.kube.snapshot import PodLog, Snapshot
+from exporter.sources import KubeSettings
+
+CONTAINER = "istio-proxy"
+PREFETCH = 8  # pods whose log requests are sent ahead while the analysis reads one
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    NDJSON = "ndjson"
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+MAX_LINE_HELP = (
+    "Longest line read, in bytes; a longer one is counted malformed (too-long), nothing else "
+    "is lost."
+)
+FAIL_ON_HELP = (
+    "Exit 1 when any connection is failed, rejected, or has this cause "
+    "(e.g. h2-connect-not-allowed); one line on stderr names them. Repeatable. Exit 2 when "
+    "the input held no access-log entry at all (the gate checked nothing)."
+)
+KUBERNETES_HELP = (
+    "Read the cluster instead of files: the istio-proxy container of every pod -n and -l "
+    "select (sidecars, and Istio's gateways, whose container has that name too), as the log "
+    "API serves it now (no follow), each restarted container's previous instance included. "
+    "Needs get/list on pods and get on pods/log."
+)
+SINCE_HELP = (
+    f"Only connections open at or after this: {BOUND_HELP}. With --kubernetes the log API "
+    "is asked only for lines written since then (less --window). Connections left out are "
+    "counted in the report."
+)
+UNTIL_HELP = f"Only connections that started before this: {BOUND_HELP}."
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Which pods ``--kubernetes`` reads, and through which kubeconfig."""
+
+    namespaces: tuple[str, ...]
+    selector: str | None
+    context: str | None
+    kubeconfig: str | None
+
+    def settings(self) -> KubeSettings:
+        explicit = self.kubeconfig is not None or self.context is not None
+        return KubeSettings(
+            namespaces=tuple(dict.fromkeys(self.namespaces)),
+            label_selector=self.selector or "",
+            container=CONTAINER,
+            kubeconfig=self.kubeconfig,
+            context=self.context,
+            in_cluster=False if explicit else None,
+            max_concurrent_streams=PREFETCH,
+            stream_idle_timeout_s=120.0,
+        )
+
+    def describe(self) -> str:
+        where = f"namespace(s) {', '.join(self.namespaces)}" if self.namespaces else "any namespace"
+        chosen = f" with labels {self.selector}" if self.selector else ""
+        return f"{where}{chosen}"
+
+    def given(self) -> list[str]:
+        """The cluster options given (they mean nothing without --kubernetes)."""
+        named = {
+            "--namespace": bool(self.namespaces),
+            "--selector": self.selector is not None,
+            "--context": self.context is not None,
+            "--kubeconfig": self.kubeconfig is not None,
+        }
+        return [name for name, present in named.items() if present]
+
+
+def analyze(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Log files, directories (recursive), globs, or - for stdin; .gz is read too. "
+            "kubectl logs (with --timestamps or --prefix), CRI files from /var/log/pods and "
+            "Docker json-file logs are recognised. None with --kubernetes.",
+            show_default=False,
+        ),
+    ] = None,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Report format.")
+    ] = OutputFormat.TABLE,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report here, not stdout.")
+    ] = None,
+    connections: Annotated[
+        bool, typer.Option("--connections", help="table: also list every connection.")
+    ] = False,
+    include_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Treat every HTTP request as a candidate, not only WebSocket evidence."
+        ),
+    ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="The mesh's access-log format if not Istio's default: an Envoy format string, "
+            "a JSON format object, or @file holding either."
+        ),
+    ] = None,
+    keep_query: Annotated[
+        bool, typer.Option(help="Keep query strings in paths (they may carry secrets).")
+    ] = False,
+    fail_on: Annotated[list[str] | None, typer.Option(help=FAIL_ON_HELP)] = None,
+    strict: Annotated[bool, typer.Option(help="Stop at the first malformed entry.")] = False,
+    window: Annotated[
+        float, typer.Option(help="Seconds an entry waits for the other sidecar's entry.")
+    ] = 10.0,
+    clock_skew: Annotated[
+        float, typer.Option(help="Tolerated clock difference between pods, seconds.")
+    ] = 1.0,
+    max_line_bytes: Annotated[int, typer.Option(help=MAX_LINE_HELP)] = MAX_LINE_BYTES,
+    since: Annotated[str | None, typer.Option(help=SINCE_HELP, show_default=False)] = None,
+    until: Annotated[str | None, typer.Option(help=UNTIL_HELP, show_default=False)] = None,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", help=KUBERNETES_HELP)] = False,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--namespace", "-n", help="--kubernetes: a namespace to read (repeatable; default all)."
+        ),
+    ] = None,
+    selector: Annotated[
+        str | None,
+        typer.Option(
+            "--selector", "-l", help="--kubernetes: label selector, e.g. app=websockets-server."
+        ),
+    ] = None,
+    context: Annotated[str | None, typer.Option(help="--kubernetes: kubeconfig context.")] = None,
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(help="--kubernetes: kubeconfig file (default: KUBECONFIG, ~/.kube/config)."),
+    ] = None,
+) -> None:
+    """Correlate client and server sidecar entries of every WebSocket, classify its upgrade path
+    and outcome, and explain each failure with its cause and fix."""
+    cluster = Cluster(tuple(namespace or ()), selector, context, kubeconfig)
+    with _errors():
+        checks = _check_options(fail_on or [], window, clock_skew, output_format, output)
+        if max_line_bytes < 1:
+            raise WslogError("--max-line-bytes must be at least 1")
+        _check_inputs(paths or [], kubernetes, cluster)
+        reading = Reading(
+            log_format,
+            include_all,
+            keep_query,
+            strict,
+            window,
+            clock_skew,
+            max_line_bytes,
+            _time_range(since, until),
+        )
+        if kubernetes:
+            result, where = _read_cluster(cluster, reading)
+        else:
+            result, where = _read_files(paths or [], reading), " ".join(paths or [])
+    _write(result, output_format, output, connections)
+    nothing_in_range = result.connections.height == 0 and result.outside_range > 0
+    if result.lines[LineResult.ENTRY] == 0 or nothing_in_range:
+        _say_nothing_read(result, where, gate=bool(checks))
+    if _should_fail(result, checks):
+        raise typer.Exit(1)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How the logs are read and analysed, whatever their source."""
+
+    log_format: str | None
+    include_all: bool
+    keep_query: bool
+    strict: bool
+    window: float
+    clock_skew: float
+    max_line_bytes: int
+    time_range: TimeRange
+
+
+def _time_range(since: str | None, until: str | None) -> TimeRange:
+    now = datetime.now(UTC)
+    return TimeRange(
+        since=parse_bound("--since", since, now=now) if since else None,
+        until=parse_bound("--until", until, now=now) if until else None,
+    )
+
+
+def _check_inputs(paths: list[str], kubernetes: bool, cluster: Cluster) -> None:
+    if kubernetes and paths:
+        raise WslogError(
+            "--kubernetes reads the cluster: give it without files, or analyze the files alone"
+        )
+    if not kubernetes and not paths:
+        raise WslogError("give log files (or - for stdin), or --kubernetes to read the cluster")
+    if not kubernetes and (given := cluster.given()):
+        raise WslogError(f"{', '.join(given)}: only with --kubernetes")
+
+
+def _read_files(paths: list[str], reading: Reading) -> AnalysisResult:
+    r = reading
+    return run(
+        paths,
+        log_format=r.log_format,
+        include_all=r.include_all,
+        keep_query=r.keep_query,
+        strict=r.strict,
+        window=r.window,
+        clock_skew=r.clock_skew,
+        max_line_bytes=r.max_line_bytes,
+        time_range=r.time_range,
+    )
+
+
+def _read_cluster(cluster: Cluster, reading: Reading) -> tuple[AnalysisResult, str]:
+    """Every selected pod's log streamed into the analysis, and what was read (for messages);
+    notes on stderr name the pods that had nothing to read."""
+    r = reading
+    formats = log_formats(r.log_format, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+    with Snapshot(cluster.settings(), since=_ask_since(r)) as snapshot:
+        pods = snapshot.pods()
+        _note_pods("have not started", snapshot.not_started)
+        if not pods:
+            raise WslogError(
+                f"no pod with a started {CONTAINER} container in {cluster.describe()}: check "
+                "-n and -l (kubectl get pods -n NAMESPACE -l SELECTOR), and --context"
+            )
+        _say_reading(pods, r.time_range)
+        result = analyze_sources(
+            [InputSource(pod.source, opener=snapshot.opener(pod)) for pod in pods],
+            formats=formats,
+            include_all=r.include_all,
+            keep_query=r.keep_query,
+            strict=r.strict,
+            window=r.window,
+            clock_skew=r.clock_skew,
+            max_line_bytes=r.max_line_bytes,
+            time_range=r.time_range,
+            unit="pods",
+        )
+        _note_pods("had no log when read (gone, or not running)", snapshot.no_log)
+    return result, f"the {CONTAINER} logs of {len(pods)} pod(s)"
+
+
+def _ask_since(reading: Reading) -> datetime | None:
+    """What to ask the log API for: ``--since`` less the pair window and the clock skew, so
+    that a connection open in the range comes with its other sidecar's entry even when that
+    one ended a little earlier (the range then decides on whole connections)."""
+    since = reading.time_range.since
+    margin = timedelta(seconds=reading.window + reading.clock_skew)
+    return since - margin if since is not None else None
+
+
+def _say_reading(pods: list[PodLog], time_range: TimeRange) -> None:
+    restarted = sum(pod.restarted for pod in pods)
+    again = f", {restarted} restarted (previous instance included)" if restarted else ""
+    since = f" since {time_range.since:%Y-%m-%dT%H:%M:%SZ}" if time_range.since else ""
+    typer.echo(f"wslog analyze: reading {CONTAINER} of {len(pods)} pod(s){again}{since}", err=True)
+
+
+def _note_pods(what: str, pods: list[str]) -> None:
+    if pods:
+        more = f" and {len(pods) - 5} more" if len(pods) > 5 else ""
+        shown = ", ".join(sorted(pods)[:5]) + more
+        typer.echo(f"note: {len(pods)} pod(s) with {CONTAINER} {what}: {shown}", err=True)
+
+
+def _check_options(
+    fail_on: list[str],
+    window: float,
+    clock_skew: float,
+    output_format: OutputFormat,
+    output: Path | None,
+) -> set[str]:
+    valid = {Outcome.FAILED.value, Outcome.REJECTED.value} | {c.value for c in Cause if c.value}
+    unknown = sorted(set(fail_on) - valid)
+    if unknown:
+        raise WslogError(f"--fail-on {', '.join(unknown)}: choose from {', '.join(sorted(valid))}")
+    if window <= 0 or clock_skew < 0:
+        raise WslogError("--window must be positive and --clock-skew not negative")
+    if output_format is OutputFormat.PARQUET and output is None:
+        raise WslogError("--format parquet needs --output FILE (Parquet is binary)")
+    return set(fail_on)
+
+
+def _say_nothing_read(result: AnalysisResult, where: str, *, gate: bool) -> None:
+    """No access-log entry to analyse: say so (a report of nothing is not a clean bill of
+    health); a ``--fail-on`` gate that checked nothing exits 2."""
+    hint = (
+        "Give istio-proxy logs (kubectl logs POD -c istio-proxy), or --log-format if the mesh "
+        "writes its own format."
+    )
+    if result.lines[LineResult.ENTRY]:
+        found = (
+            f"each of the {result.outside_range} WebSocket connection(s) in {where} was open "
+            f"only outside {result.time_range.describe()}: nothing to report"
+        )
+        hint = "Widen --since/--until."
+    elif result.total_lines:
+        found = (
+            f"none of the {result.total_lines} line(s) in {where} is an access-log entry: "
+            "nothing was analysed"
+        )
+    else:
+        found = f"no line in {where}: nothing was analysed"
+    typer.echo(f"wslog analyze: warning: {found}. {hint}", err=True)
+    if gate:
+        typer.echo("wslog analyze: --fail-on checked nothing: exit 2", err=True)
+        raise typer.Exit(2)
+
+
+def _should_fail(result: AnalysisResult, checks: set[str]) -> bool:
+    """Whether ``--fail-on`` trips; if so, one line on stderr says which connections did."""
+    if not checks:
+        return False
+    conns = result.connections
+    hits = conns.filter(conns["outcome"].is_in(list(checks)) | conns["cause"].is_in(list(checks)))
+    if hits.height == 0:
+        return False
+    groups = hits.group_by("outcome", "cause", "destination_service").agg(
+        pl.len(), pl.col("request_id").drop_nulls().sort().first()
+    )
+    parts = [
+        f"{n} {outcome}{'/' + cause if cause else ''} on {service or 'unknown'} (e.g. {rid or '-'})"
+        for outcome, cause, service, n, rid in groups.sort("len", descending=True).iter_rows()
+    ]
+    typer.echo(f"wslog analyze: --fail-on tripped by {'; '.join(parts)}", err=True)
+    return True
+
+
+def _write(
+    result: AnalysisResult, fmt: OutputFormat, output: Path | None, connections: bool
+) -> None:
+    try:
+        if fmt is OutputFormat.TABLE:
+            if output is None:
+                render_table(result, report_console(), connections=connections)
+            else:
+                with output.open("w", encoding="utf-8") as handle:
+                    render_table(result, report_console(handle), connections=connections)
+        elif output is None:
+            write_binary(result, fmt.value, sys.stdout.buffer)
+        else:
+            write_binary(result, fmt.value, output)
+    except OSError as exc:
+        typer.echo(f"wslog analyze: cannot write {output}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (InputError, WslogError) as exc:
+        typer.echo(f"wslog analyze: {exc}", err=True)
+        raise typer.Exit(2) from exc
