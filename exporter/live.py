@@ -1,7 +1,8 @@
 """The analyzer's pipeline on micro-batches: chunks from any source in, connections out.
 
 Sources call ``LiveAnalyzer.accept`` from their threads; the exporter's main loop calls ``tick``
-every batch interval. A tick deframes nothing itself (each source's ``Deframer`` did so on
+every batch interval, or at once when the buffer is full (then ``accept`` waits: backpressure,
+so memory stays bounded whatever the input rate). A tick deframes nothing itself (each source's ``Deframer`` did so on
 arrival), feeds the batch through the shared ``analyzer.pipeline.Pipeline``, keeps only
 WebSocket candidates (own evidence, or a service and path that showed evidence before) and
 hands every released connection to the sinks (metrics, the ``wslog tail`` printer).
@@ -55,7 +56,10 @@ class SourceProgress:
             self._last[source] = (start_us, now)
 
     def watermark(self, now: float) -> datetime | None:
-        active = [us for us, seen in self._last.values() if now - seen < self.idle_s]
+        """The oldest progress among active sources; a silent one is forgotten until it
+        delivers again (so the map holds no more than the sources that are delivering)."""
+        self._last = {s: v for s, v in self._last.items() if now - v[1] < self.idle_s}
+        active = [us for us, _ in self._last.values()]
         return datetime.fromtimestamp(min(active) / 1e6, tz=UTC) if active else None
 
 
