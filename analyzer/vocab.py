@@ -62,10 +62,24 @@ class Pairing(StrEnum):
 # The sides a connection's entries came from, by its pairing: a metric label.
 PAIRING_SIDES = {
     Pairing.PAIRED: "both",
-    Pairing.CLIENT_ONLY: "client",
-    Pairing.SERVER_ONLY: "server",
+    Pairing.CLIENT_ONLY: Side.CLIENT.value,
+    Pairing.SERVER_ONLY: Side.SERVER.value,
     Pairing.UNPAIRED: "unknown",
 }
+
+
+class Eviction(StrEnum):
+    """Why a WebSocket left the correlation state without both sides (a metric label)."""
+
+    WINDOW = "window"  # its window passed
+    SIZE_CAP = "size-cap"  # released early: --max-pending was reached
+
+
+class Direction(StrEnum):
+    """Which way a connection's bytes went, as the client sidecar saw them (a metric label)."""
+
+    SENT = "sent"
+    RECEIVED = "received"
 
 
 class TransportFailure(StrEnum):
