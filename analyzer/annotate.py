@@ -11,6 +11,7 @@ import polars as pl
 
 from analyzer.side import own_side, role_of
 from analyzer.signatures import connect_rejected, handshake_unsuccessful
+from analyzer.vocab import Evidence
 
 NOT_FINAL_TYPES = (
     "DownstreamStart",
@@ -52,7 +53,16 @@ def is_final() -> pl.Expr:
     )
 
 
-EVIDENCE = ("upgrade-header", "101", "handshake-unsuccessful", "h2-connect-rejected")
+# What an entry itself can show, strongest first.
+EVIDENCE = tuple(
+    e.value
+    for e in (
+        Evidence.UPGRADE_HEADER,
+        Evidence.SWITCHED,
+        Evidence.HANDSHAKE_UNSUCCESSFUL,
+        Evidence.H2_CONNECT_REJECTED,
+    )
+)
 
 
 def entry_evidence() -> pl.Expr:

@@ -15,7 +15,7 @@ from analyzer.hops import ASSUMED_APP_HOP, path_of, protocol_hop
 from analyzer.schema import CONNECTION_SCHEMA, CORRELATED_SCHEMA, conform
 from analyzer.side import gateway_source
 from analyzer.signatures import connect_rejected, connect_reset_upstream, handshake_unsuccessful
-from analyzer.vocab import Cause, Outcome, Pairing, Side, TransportFailure
+from analyzer.vocab import Cause, Evidence, Outcome, Pairing, Side, TransportFailure
 
 C = pl.col("client")
 S = pl.col("server")
@@ -287,13 +287,13 @@ def select_websockets(
 ) -> pl.DataFrame:
     """Keep the WebSocket candidates: own evidence, or a destination and path that showed
     evidence elsewhere in the input (marked ``path``); ``include_all`` keeps every HTTP one."""
-    marked = ws_paths.with_columns(pl.lit("path").alias("_by_path"))
+    marked = ws_paths.with_columns(pl.lit(Evidence.PATH.value).alias("_by_path"))
     joined = connections.join(
         marked, on=["destination_service", "path"], how="left", nulls_equal=True
     )
     evidence = pl.coalesce("evidence", "_by_path")
     if include_all:
-        evidence = pl.coalesce(evidence, pl.lit("all"))
+        evidence = pl.coalesce(evidence, pl.lit(Evidence.ALL.value))
     return (
         joined.with_columns(evidence=evidence)
         .filter(pl.col("evidence").is_not_null())

@@ -125,7 +125,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "pairing": pl.String(),  # analyzer.vocab.Pairing
     "reported_by": pl.String(),  # analyzer.vocab.Side of the entry that decided the cause, or ""
     "transport_failure": pl.String(),  # analyzer.vocab.TransportFailure of that entry
-    "evidence": pl.String(),  # why it counts as a WebSocket: 101, upgrade-header, path, ...
+    "evidence": pl.String(),  # analyzer.vocab.Evidence: why it counts as a WebSocket
     "start_time": UTC_US,
     "duration_ms": pl.Int64(),
     "bytes_sent": pl.Int64(),

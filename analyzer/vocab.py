@@ -82,6 +82,17 @@ class Direction(StrEnum):
     RECEIVED = "received"
 
 
+class Evidence(StrEnum):
+    """Why a connection counts as a WebSocket, strongest first."""
+
+    UPGRADE_HEADER = "upgrade-header"  # %REQ(UPGRADE)% says websocket
+    SWITCHED = "101"
+    HANDSHAKE_UNSUCCESSFUL = "handshake-unsuccessful"  # the app answered without upgrading
+    H2_CONNECT_REJECTED = "h2-connect-rejected"  # a sidecar refused an extended CONNECT
+    PATH = "path"  # its destination and path showed evidence elsewhere
+    ALL = "all"  # none, kept by --all
+
+
 class TransportFailure(StrEnum):
     """What ``%UPSTREAM_TRANSPORT_FAILURE_REASON%`` says, when the format logs it."""
 
