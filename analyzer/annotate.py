@@ -53,15 +53,12 @@ def is_final() -> pl.Expr:
     )
 
 
-# What an entry itself can show, strongest first.
-EVIDENCE = tuple(
-    e.value
-    for e in (
-        Evidence.UPGRADE_HEADER,
-        Evidence.SWITCHED,
-        Evidence.HANDSHAKE_UNSUCCESSFUL,
-        Evidence.H2_CONNECT_REJECTED,
-    )
+# What an entry itself can show, strongest first (``path`` and ``all`` come from elsewhere).
+EVIDENCE = (
+    Evidence.UPGRADE_HEADER.value,
+    Evidence.SWITCHED.value,
+    Evidence.HANDSHAKE_UNSUCCESSFUL.value,
+    Evidence.H2_CONNECT_REJECTED.value,
 )
 
 
