@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from analyzer.side import connect_rejected, own_side, role_of
+from analyzer.side import own_side, role_of
+from analyzer.signatures import connect_rejected, handshake_unsuccessful
+from analyzer.vocab import Evidence
 
 NOT_FINAL_TYPES = (
     "DownstreamStart",
@@ -22,14 +24,18 @@ NOT_FINAL_TYPES = (
 
 def annotate(entries: pl.DataFrame) -> pl.DataFrame:
     """Per-entry facts: own side, role, end time, whether final, whether HTTP, evidence."""
-    duration = pl.duration(milliseconds=pl.col("duration_ms").fill_null(0))
     return entries.with_columns(
         side=own_side(),
-        end_time=pl.col("start_time") + duration,
+        end_time=end_time(),
         final=is_final(),
         http=pl.col("method").is_not_null() | pl.col("protocol").str.starts_with("HTTP"),
         evidence=entry_evidence(),
     ).with_columns(role=role_of(pl.col("side")))
+
+
+def end_time() -> pl.Expr:
+    """When an entry ends: its start plus its duration (none logged: it ends as it starts)."""
+    return pl.col("start_time") + pl.duration(milliseconds=pl.col("duration_ms").fill_null(0))
 
 
 def is_final() -> pl.Expr:
@@ -47,17 +53,22 @@ def is_final() -> pl.Expr:
     )
 
 
-EVIDENCE = ("upgrade-header", "101", "handshake-unsuccessful", "h2-connect-rejected")
+# What an entry itself can show, strongest first (``path`` and ``all`` come from elsewhere).
+EVIDENCE = (
+    Evidence.UPGRADE_HEADER.value,
+    Evidence.SWITCHED.value,
+    Evidence.HANDSHAKE_UNSUCCESSFUL.value,
+    Evidence.H2_CONNECT_REJECTED.value,
+)
 
 
 def entry_evidence() -> pl.Expr:
     """Why an entry is a WebSocket, in order of strength (``EVIDENCE``); null when it shows
     nothing."""
-    details = pl.col("response_code_details").fill_null("")
     proofs = (
         pl.col("upgrade").str.to_lowercase() == "websocket",
         pl.col("response_code") == 101,
-        details == "websocket_handshake_unsuccessful",
+        handshake_unsuccessful(),
         connect_rejected(),
     )
     chain: pl.Expr = pl.lit(None, pl.String)

@@ -1,8 +1,9 @@
 """Classify correlated connections: upgrade path, outcome, cause, pairing (docs/design.md 2).
 
-Vectorised polars expressions over the rows ``correlate.build_connections`` produces. The
-deciding entry is the server sidecar's when it saw a non-upgrade (it is closest to the app: a
-client sidecar shows 101 even when the app answered 200 over an HTTP/2 hop), else the client's.
+Vectorised polars expressions over CORRELATED_SCHEMA rows (``correlate.build_connections``).
+The deciding entry is the server sidecar's when it saw a non-upgrade (it is closest to the app:
+a client sidecar shows 101 even when the app answered 200 over an HTTP/2 hop), else the
+client's.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import polars as pl
 
 from analyzer import naming
-from analyzer.schema import CONNECTION_SCHEMA, conform
-from analyzer.side import connect_rejected, gateway_source
-from analyzer.vocab import Cause, Outcome, Pairing, Side, TransportFailure, UpgradePath
+from analyzer.hops import ASSUMED_APP_HOP, path_of, protocol_hop
+from analyzer.schema import CONNECTION_SCHEMA, CORRELATED_SCHEMA, conform
+from analyzer.side import gateway_source
+from analyzer.signatures import connect_rejected, connect_reset_upstream, handshake_unsuccessful
+from analyzer.vocab import Cause, Evidence, Outcome, Pairing, Side, TransportFailure
 
 C = pl.col("client")
 S = pl.col("server")
@@ -60,24 +63,14 @@ def flag_cause(flags: str | None) -> str:
     return Cause.OTHER.value
 
 
-def _hop(protocol: pl.Expr) -> pl.Expr:
-    return (
-        pl.when(protocol.str.starts_with("HTTP/1"))
-        .then(pl.lit("h1"))
-        .when(protocol.is_in(["HTTP/2", "HTTP/3"]))
-        .then(pl.lit("h2"))
-    )
-
-
 def upgrade_path() -> pl.Expr:
-    """``<app-to-client-sidecar>-<sidecar-to-sidecar>``. The mesh hop is the server entry's
-    downstream protocol, or the client's %UPSTREAM_PROTOCOL%; a server-only connection's first
-    hop is taken as h1 (WebSocket clients speak HTTP/1.1)."""
-    mesh = _hop(pl.coalesce("s_protocol", "c_upstream_protocol"))
-    client_hop = _hop(pl.col("c_protocol"))
-    app = pl.coalesce(client_hop, pl.when(pl.col("c_source").is_null()).then(pl.lit("h1")))
-    joined = pl.concat_str(app, mesh, separator="-")
-    return pl.coalesce(joined, pl.lit(UpgradePath.UNKNOWN.value))
+    """``<app-to-client-sidecar>-<sidecar-to-sidecar>`` (``analyzer.hops``). The mesh hop is
+    the server entry's downstream protocol, or the client's %UPSTREAM_PROTOCOL%; a server-only
+    connection's app hop is ``ASSUMED_APP_HOP``."""
+    mesh = protocol_hop(pl.coalesce("s_protocol", "c_upstream_protocol"))
+    assumed = pl.when(pl.col("c_source").is_null()).then(pl.lit(ASSUMED_APP_HOP.value))
+    app = pl.coalesce(protocol_hop(pl.col("c_protocol")), assumed)
+    return path_of(app, mesh)
 
 
 def _server_decides() -> pl.Expr:
@@ -110,21 +103,15 @@ def _answered_upstream() -> pl.Expr:
 
 
 def _connect_rejected() -> pl.Expr:
-    """A sidecar refused an HTTP/2 extended CONNECT: an entry with the signature on either side
-    (the server sidecar on an HTTP/2 mesh hop; the client sidecar when its app speaks HTTP/2),
-    or, with no server entry, the client's 503 after the server reset an HTTP/2 stream."""
+    """A sidecar refused an HTTP/2 extended CONNECT (``analyzer.signatures``): an entry with
+    the signature on either side (the server sidecar on an HTTP/2 mesh hop; the client sidecar
+    when its app speaks HTTP/2), or, with no server entry, the client's 503 after the server
+    reset an HTTP/2 stream."""
     refused = [
         (pl.col(f"{p}_source").is_not_null() & connect_rejected(f"{p}_")).fill_null(False)
         for p in ("s", "c", "u")
     ]
-    client_sig = (
-        pl.col("s_source").is_null()
-        & (pl.col("c_upstream_protocol") == "HTTP/2")
-        & (pl.col("c_response_code") == 503)
-        & pl.col("c_response_code_details").str.starts_with(
-            "upstream_reset_before_response_started"
-        )
-    )
+    client_sig = pl.col("s_source").is_null() & connect_reset_upstream("c_")
     return pl.any_horizontal(*refused, client_sig.fill_null(False))
 
 
@@ -145,10 +132,7 @@ def outcome_and_cause(flag_causes: dict[str, str]) -> tuple[pl.Expr, pl.Expr]:
     code = _deciding("response_code").fill_null(0)
     flags = _deciding("response_flags")
     from_app = _answered_upstream() & flags.is_null() & (code > 0)
-    unsuccessful = "websocket_handshake_unsuccessful"
-    handshake = (pl.col("c_response_code_details") == unsuccessful).fill_null(False) | (
-        pl.col("s_response_code_details") == unsuccessful
-    ).fill_null(False)
+    handshake = handshake_unsuccessful("c_") | handshake_unsuccessful("s_")
     by_flags = flags.replace_strict(flag_causes, default=Cause.OTHER.value, return_dtype=pl.String)
     upgraded = _upgraded()
     cause = (
@@ -262,8 +246,8 @@ def _names(rows: pl.DataFrame, keep_query: bool) -> pl.DataFrame:
 
 
 def classify(rows: pl.DataFrame, *, keep_query: bool = False) -> pl.DataFrame:
-    """Turn correlated rows into CONNECTION_SCHEMA connections."""
-    rows = _flatten(rows)
+    """Turn CORRELATED_SCHEMA rows into CONNECTION_SCHEMA connections."""
+    rows = _flatten(conform(rows, CORRELATED_SCHEMA))
     rows = rows.with_columns(
         client=pl.when(pl.col("c_source").is_not_null()).then(C),
         server=pl.when(pl.col("s_source").is_not_null()).then(S),
@@ -303,13 +287,13 @@ def select_websockets(
 ) -> pl.DataFrame:
     """Keep the WebSocket candidates: own evidence, or a destination and path that showed
     evidence elsewhere in the input (marked ``path``); ``include_all`` keeps every HTTP one."""
-    marked = ws_paths.with_columns(pl.lit("path").alias("_by_path"))
+    marked = ws_paths.with_columns(pl.lit(Evidence.PATH.value).alias("_by_path"))
     joined = connections.join(
         marked, on=["destination_service", "path"], how="left", nulls_equal=True
     )
     evidence = pl.coalesce("evidence", "_by_path")
     if include_all:
-        evidence = pl.coalesce(evidence, pl.lit("all"))
+        evidence = pl.coalesce(evidence, pl.lit(Evidence.ALL.value))
     return (
         joined.with_columns(evidence=evidence)
         .filter(pl.col("evidence").is_not_null())

@@ -35,7 +35,14 @@ import polars as pl
 
 from analyzer import side
 from analyzer.annotate import annotate, evidence_name, evidence_rank
-from analyzer.schema import ENTRY_BRIEF, ENTRY_BRIEF_FIELDS, ENTRY_SCHEMA, UTC_US, conform
+from analyzer.schema import (
+    CORRELATED_SCHEMA,
+    ENTRY_BRIEF,
+    ENTRY_BRIEF_FIELDS,
+    ENTRY_SCHEMA,
+    UTC_US,
+    conform,
+)
 from analyzer.vocab import Side
 
 CLIENT, SERVER = Side.CLIENT.value, Side.SERVER.value
@@ -331,11 +338,11 @@ def same_address(a: pl.Expr, b: pl.Expr) -> pl.Expr:
     return (a == b) | (masked & (_port(a) == _port(b)) & prefixes)
 
 
-def _final_entry(name: str, mine: pl.Expr) -> list[pl.Expr]:
+def _final_entry(name: str, mine: pl.Expr) -> pl.Expr:
     """The last entry of one side of a connection: a final one if any, else the newest."""
     order = [pl.col("final").fill_null(False), pl.col("end_time"), *TIEBREAK]
     pick = pl.struct(*ENTRY_BRIEF_FIELDS).filter(mine).sort_by([o.filter(mine) for o in order])
-    return [pick.last().alias(name), _attempts(mine).alias(f"{name}_streams")]
+    return pick.last().alias(name)
 
 
 # Entries that end in the same millisecond are ordered by what they say, never by arrival.
@@ -354,24 +361,25 @@ def _attempts(mine: pl.Expr) -> pl.Expr:
 
 
 def build_connections(entries: pl.DataFrame) -> pl.DataFrame:
-    """One row per connection: each side's final entry (``unsided`` for an entry whose side no
-    evidence told) and the connection-level facts."""
+    """One CORRELATED_SCHEMA row per connection: each side's final entry (``unsided`` for an
+    entry whose side no evidence told) and the connection-level facts."""
     client, server = pl.col("role") == CLIENT, pl.col("role") == SERVER
     first = [_first(name, client) for name in ("request_id", "authority", "path")]
     unsided = pl.col("role").is_null()
     if entries.get_column("role").null_count():
-        entry_of_no_side = _final_entry("unsided", unsided)[:1]
+        entry_of_no_side = _final_entry("unsided", unsided)
     else:  # the common case: every entry has a side, no struct to pick
-        entry_of_no_side = [pl.lit(None, ENTRY_BRIEF).alias("unsided")]
+        entry_of_no_side = pl.lit(None, ENTRY_BRIEF).alias("unsided")
     rows = (
         entries.with_columns(evidence_rank=evidence_rank())
         .sort("uid")
         .group_by(CONN, maintain_order=True)
         .agg(
             *first,
-            *_final_entry("client", client),
-            *_final_entry("server", server),
-            *entry_of_no_side,
+            _final_entry("client", client),
+            _final_entry("server", server),
+            entry_of_no_side,
+            _attempts(server).alias("server_streams"),
             pl.col("final").any().alias("has_final"),
             pl.col("http").any(),
             pl.col("evidence_rank").min(),
@@ -381,4 +389,5 @@ def build_connections(entries: pl.DataFrame) -> pl.DataFrame:
         )
         .drop(CONN)
     )
-    return rows.with_columns(evidence=evidence_name(pl.col("evidence_rank"))).drop("evidence_rank")
+    rows = rows.with_columns(evidence=evidence_name(pl.col("evidence_rank")))
+    return conform(rows, CORRELATED_SCHEMA)

@@ -26,6 +26,13 @@ def cluster_service(cluster: pl.Expr) -> pl.Expr:
     return pl.when(fqdn.str.len_chars() > 0).then(fqdn)
 
 
+def service_port(cluster: pl.Expr) -> pl.Expr:
+    """``outbound|8080||svc.ns.svc.cluster.local`` -> 8080, the Service port a client sidecar
+    or gateway dialled; null for anything else (an ``inbound|`` cluster's port is the app's)."""
+    port = cluster.str.extract(r"^outbound\|([0-9]+)\|[^|]*\|[^|]*$", 1)
+    return port.cast(pl.Int64, strict=False)
+
+
 def sni_service(sni: pl.Expr) -> pl.Expr:
     """Istio's mTLS SNI, which the server sidecar sees: ``outbound_.8080_._.svc.ns.svc.cluster.
     local`` (``_`` or the subset between the dots) -> ``svc.ns.svc.cluster.local``."""

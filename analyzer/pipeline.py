@@ -15,6 +15,7 @@ from datetime import datetime
 
 import polars as pl
 
+from analyzer.annotate import end_time
 from analyzer.classify import classify, select_websockets, websocket_paths
 from analyzer.correlate import CorrelationSettings, Correlator, Released
 from analyzer.decode import Decoded, decode_framed
@@ -113,8 +114,7 @@ def early_by_side(early: pl.DataFrame) -> dict[str, int]:
 
 def newest_by_source(entries: pl.DataFrame) -> dict[str, datetime]:
     """The newest entry end (start + duration) each source has logged."""
-    end = pl.col("start_time") + pl.duration(milliseconds=pl.col("duration_ms").fill_null(0))
-    newest = entries.group_by("source").agg(end.max().alias("end")).drop_nulls()
+    newest = entries.group_by("source").agg(end_time().max().alias("end")).drop_nulls()
     return dict(newest.iter_rows())
 
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from analyzer.pipeline import AnalysisResult
-from analyzer.vocab import Cause, LineResult, explain
+from analyzer.vocab import Cause, LineResult, Outcome, Pairing, explain
 
 ENTRY_COLUMNS = ("client", "server", "unsided")
 LATE_HINT = (
@@ -29,6 +29,14 @@ LATE_HINT = (
     "pod's log as its own file, concatenate whole pod logs, or sort the stream by time."
 )
 SUMMARY_KEYS = ["destination_service", "upgrade_path", "outcome", "cause"]
+# The summary's count of each pairing (JSON keys of the document's "summary" rows).
+PAIRING_COLUMNS = {
+    Pairing.PAIRED: "paired",
+    Pairing.CLIENT_ONLY: "client_only",
+    Pairing.SERVER_ONLY: "server_only",
+    Pairing.UNPAIRED: "unpaired",
+}
+NOT_UPGRADED = [Outcome.FAILED.value, Outcome.REJECTED.value]
 EXAMPLE_IDS = 3
 UPGRADE_HINT = (
     'Add "upgrade": "%REQ(UPGRADE)%" to the mesh\'s access-log format (Telemetry or '
@@ -44,10 +52,7 @@ def summary(connections: pl.DataFrame) -> pl.DataFrame:
         connections.group_by(SUMMARY_KEYS)
         .agg(
             pl.len().alias("connections"),
-            (pairing == "paired").sum().alias("paired"),
-            (pairing == "client-only").sum().alias("client_only"),
-            (pairing == "server-only").sum().alias("server_only"),
-            (pairing == "unpaired").sum().alias("unpaired"),
+            *[(pairing == p.value).sum().alias(PAIRING_COLUMNS[p]) for p in Pairing],
             pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids"),
         )
         .sort(["destination_service", "upgrade_path", "outcome", "cause"], nulls_last=True)
@@ -56,7 +61,7 @@ def summary(connections: pl.DataFrame) -> pl.DataFrame:
 
 def failures(connections: pl.DataFrame) -> list[dict[str, Any]]:
     """One record per failure cause and service, with the cause's explanation and remedy."""
-    failed = connections.filter(pl.col("outcome").is_in(["failed", "rejected"]))
+    failed = connections.filter(pl.col("outcome").is_in(NOT_UPGRADED))
     grouped = (
         failed.group_by(
             "destination_service", "outcome", "cause", "reported_by", "transport_failure"
@@ -210,7 +215,12 @@ CONNECTION_COLUMNS = (
     "response_code",
     "duration_ms",
 )
-OUTCOME_STYLE = {"upgraded": "green", "rejected": "yellow", "failed": "red", "open": "cyan"}
+OUTCOME_STYLE: dict[str, str] = {
+    Outcome.UPGRADED: "green",
+    Outcome.REJECTED: "yellow",
+    Outcome.FAILED: "red",
+    Outcome.OPEN: "cyan",
+}
 
 
 def print_failures(console: Console, conns: pl.DataFrame) -> None:
@@ -249,12 +259,13 @@ def _connections_table(conns: pl.DataFrame) -> Table:
 
 def _print_pairing(console: Console, conns: pl.DataFrame) -> None:
     counts = dict(conns.group_by("pairing").len().iter_rows())
-    one_side = counts.get("client-only", 0) + counts.get("server-only", 0)
-    unknown = counts.get("unpaired", 0)
-    if one_side + unknown:
+    client_only = counts.get(Pairing.CLIENT_ONLY, 0)
+    server_only = counts.get(Pairing.SERVER_ONLY, 0)
+    unknown = counts.get(Pairing.UNPAIRED, 0)
+    if client_only + server_only + unknown:
         console.print(
-            f"\n[yellow]{one_side + unknown} unpaired[/yellow]: {counts.get('client-only', 0)} "
-            f"client-only, {counts.get('server-only', 0)} server-only, {unknown} of unknown side "
+            f"\n[yellow]{client_only + server_only + unknown} unpaired[/yellow]: {client_only} "
+            f"client-only, {server_only} server-only, {unknown} of unknown side "
             "(the other sidecar's log was not given, does not log, or its clock is off by more "
             "than --clock-skew).",
             highlight=False,

@@ -1,6 +1,6 @@
 """Declared polars schemas: the contracts between the pipeline's stages.
 
-lines (framing) ──▶ entries (decode) ──▶ connections (correlate + classify)
+lines (framing) ──▶ entries (decode) ──▶ correlated (correlate) ──▶ connections (classify)
 
 A stage returns a frame with exactly its output schema (``conform`` enforces it), so a later
 stage never has to guess whether a column exists or what type it has.
@@ -91,6 +91,25 @@ ENTRY_BRIEF_FIELDS: tuple[str, ...] = (
 )
 ENTRY_BRIEF = pl.Struct({name: ENTRY_SCHEMA[name] for name in ENTRY_BRIEF_FIELDS})
 
+# One correlated connection: what ``correlate.build_connections`` hands ``classify.classify``.
+# Each side's final entry (``correlate``'s picks: a final one, else the newest) and the facts
+# only the whole connection has; classification reads nothing else.
+CORRELATED_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),  # the client side's, else any entry's (the smallest, by content)
+    "authority": pl.String(),  # likewise
+    "path": pl.String(),  # likewise, query string and all
+    "client": ENTRY_BRIEF,  # the final entry of the client role (client sidecar or gateway)
+    "server": ENTRY_BRIEF,  # the server sidecar's final entry
+    "unsided": ENTRY_BRIEF,  # the final entry of no known side
+    "server_streams": pl.UInt32(),  # server final entries (retry attempts); 1 if open, 0 if none
+    "has_final": pl.Boolean(),  # some entry is final (not a start or periodic one)
+    "http": pl.Boolean(),  # some entry is HTTP (only HTTP connections are classified)
+    "upstream_cluster": pl.String(),  # the client role's cluster, e.g. outbound|8080||svc...
+    "client_source": pl.String(),  # the source of the client role's entries
+    "server_source": pl.String(),  # the source of the server's entries
+    "evidence": pl.String(),  # the strongest WebSocket evidence of its entries (annotate)
+}
+
 # One classified WebSocket connection: both sidecars' final entries joined and explained.
 CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "request_id": pl.String(),
@@ -106,7 +125,7 @@ CONNECTION_SCHEMA: dict[str, pl.DataType] = {
     "pairing": pl.String(),  # analyzer.vocab.Pairing
     "reported_by": pl.String(),  # analyzer.vocab.Side of the entry that decided the cause, or ""
     "transport_failure": pl.String(),  # analyzer.vocab.TransportFailure of that entry
-    "evidence": pl.String(),  # why it counts as a WebSocket: 101, upgrade-header, path, ...
+    "evidence": pl.String(),  # analyzer.vocab.Evidence: why it counts as a WebSocket
     "start_time": UTC_US,
     "duration_ms": pl.Int64(),
     "bytes_sent": pl.Int64(),

@@ -10,10 +10,10 @@ In order of strength:
 2. What a partner proves, once the connection is complete: an entry without a request id that
    received a client's upstream connection (``correlate.address_partners``) is a server's; an
    entry sharing its connection with entries of one known role only is of the other role.
-   The rejected extended CONNECT (``DPE``, no request id) is decided here, not in step 1: the
-   lab shows a client sidecar writing the same entry when its app speaks HTTP/2 and the
-   sidecar does not allow extended CONNECT; only a client entry whose upstream connection it
-   received makes it the server's.
+   The rejected extended CONNECT (``analyzer.signatures``: ``DPE``, no request id) is decided
+   here, not in step 1: the lab shows a client sidecar writing the same entry when its app
+   speaks HTTP/2 and the sidecar does not allow extended CONNECT; only a client entry whose
+   upstream connection it received makes it the server's.
 3. Its source, only when that source showed exactly one side among all entries that ended by
    this entry's horizon (its end plus the correlation window). The correlator applies this when
    it releases the connection, which the watermark allows only once everything up to that
@@ -34,7 +34,6 @@ from analyzer.vocab import Side
 
 INBOUND_BIND = "127.0.0.6:"  # Istio binds the server sidecar's connections to the app here
 MESH_SNI = "outbound_."  # Istio's mTLS SNI, seen by the receiving sidecar
-CONNECT_REJECTED_DETAILS = "http2.invalid.header.field"
 
 
 def role_of(side: pl.Expr) -> pl.Expr:
@@ -44,19 +43,6 @@ def role_of(side: pl.Expr) -> pl.Expr:
         .then(pl.lit(Side.SERVER.value))
         .when(side.is_in([Side.CLIENT.value, Side.GATEWAY.value]))
         .then(pl.lit(Side.CLIENT.value))
-    )
-
-
-def connect_rejected(prefix: str = "") -> pl.Expr:
-    """The entry of a sidecar that refused an extended CONNECT (no ``allow_connect``): HTTP/2,
-    ``DPE``, no response code, and Envoy's header-field details when the format logs them.
-    ``prefix`` reads the same fields from flattened columns (``s_`` in classify)."""
-    details = pl.col(f"{prefix}response_code_details")
-    return (
-        (pl.col(f"{prefix}protocol") == "HTTP/2")
-        & pl.col(f"{prefix}response_flags").fill_null("").str.contains("DPE", literal=True)
-        & (pl.col(f"{prefix}response_code").fill_null(0) == 0)
-        & (details.is_null() | (details == CONNECT_REJECTED_DETAILS))
     )
 
 

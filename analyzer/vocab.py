@@ -62,10 +62,35 @@ class Pairing(StrEnum):
 # The sides a connection's entries came from, by its pairing: a metric label.
 PAIRING_SIDES = {
     Pairing.PAIRED: "both",
-    Pairing.CLIENT_ONLY: "client",
-    Pairing.SERVER_ONLY: "server",
+    Pairing.CLIENT_ONLY: Side.CLIENT.value,
+    Pairing.SERVER_ONLY: Side.SERVER.value,
     Pairing.UNPAIRED: "unknown",
 }
+
+
+class Eviction(StrEnum):
+    """Why a WebSocket left the correlation state without both sides (a metric label)."""
+
+    WINDOW = "window"  # its window passed
+    SIZE_CAP = "size-cap"  # released early: --max-pending was reached
+
+
+class Direction(StrEnum):
+    """Which way a connection's bytes went, as the client sidecar saw them (a metric label)."""
+
+    SENT = "sent"
+    RECEIVED = "received"
+
+
+class Evidence(StrEnum):
+    """Why a connection counts as a WebSocket, strongest first."""
+
+    UPGRADE_HEADER = "upgrade-header"  # %REQ(UPGRADE)% says websocket
+    SWITCHED = "101"
+    HANDSHAKE_UNSUCCESSFUL = "handshake-unsuccessful"  # the app answered without upgrading
+    H2_CONNECT_REJECTED = "h2-connect-rejected"  # a sidecar refused an extended CONNECT
+    PATH = "path"  # its destination and path showed evidence elsewhere
+    ALL = "all"  # none, kept by --all
 
 
 class TransportFailure(StrEnum):

@@ -30,7 +30,7 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from analyzer.vocab import EXPLANATIONS
+from analyzer.vocab import EXPLANATIONS, Outcome, Pairing
 
 OUTPUT = Path(__file__).resolve().parent / "wslog.json"
 UID = "wslog-websockets"
@@ -81,17 +81,22 @@ class Spec:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+# Outcome matchers: the failures (not upgraded), and every outcome known (all but open).
+NOT_UPGRADED = f"{Outcome.FAILED}|{Outcome.REJECTED}"
+KNOWN = f"{Outcome.UPGRADED}|{Outcome.REJECTED}|{Outcome.FAILED}"
+
+
 def conn_rate(selector: str, by: str) -> str:
     inner = f"wslog_connections_total{{{SEL}{selector}}}"
     return f"sum by ({by}) (rate({inner}[{RATE}]))"
 
 
 def traffic_panels() -> list[Spec]:
-    upgraded = conn_rate(', outcome="upgraded"', "destination_service")
-    known = conn_rate(', outcome=~"upgraded|rejected|failed"', "destination_service")
+    upgraded = conn_rate(f', outcome="{Outcome.UPGRADED}"', "destination_service")
+    known = conn_rate(f', outcome=~"{KNOWN}"', "destination_service")
     # "or 0 * known": a service whose every upgrade fails shows 0, not an empty panel.
     success = f"{upgraded}\n/\n{known}\nor\n0 * {known}"
-    failed = ', outcome=~"failed|rejected"'
+    failed = f', outcome=~"{NOT_UPGRADED}"'
     return [
         Spec(
             "Connections per second by upgrade path and outcome",
@@ -136,7 +141,7 @@ def traffic_panels() -> list[Spec]:
 def cause_panels() -> list[Spec]:
     specs = []
     for cause, text in EXPLANATIONS.items():
-        selector = f', outcome=~"failed|rejected", cause="{cause.value}"'
+        selector = f', outcome=~"{NOT_UPGRADED}", cause="{cause.value}"'
         specs.append(
             Spec(
                 f"Failures: {cause.value}",
@@ -199,7 +204,7 @@ def duration_panels() -> list[Spec]:
 
 
 def input_panels() -> list[Spec]:
-    unpaired = ', pairing!="paired"'
+    unpaired = f', pairing!="{Pairing.PAIRED}"'
     return [
         Spec(
             "Unpaired connections per second",

@@ -2,8 +2,9 @@
 
 Sources call ``LiveAnalyzer.accept`` from their threads; the exporter's main loop calls ``tick``
 every batch interval, or at once when the buffer is full (then ``accept`` waits: backpressure,
-so memory stays bounded whatever the input rate). A tick deframes nothing itself (each source's ``Deframer`` did so on
-arrival), feeds the batch through the shared ``analyzer.pipeline.Pipeline``, keeps only
+so memory stays bounded whatever the input rate). A tick deframes nothing itself (each
+source's ``Deframer`` did so on arrival), feeds the batch through the shared
+``analyzer.pipeline.Pipeline`` with an event-time watermark (``SourceProgress``), keeps only
 WebSocket candidates (own evidence, or a service and path that showed evidence before) and
 hands every released connection to the sinks (metrics, the ``wslog tail`` printer).
 

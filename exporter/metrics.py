@@ -1,10 +1,10 @@
 """Every Prometheus metric wslog serves (docs/design.md section 4), on a registry of its own.
 
-Names and labels are an API: the dashboard and the alert rules depend on them, and
-``tests/test_metrics.py`` pins them. Label sets are capped per family: past ``max_series``
-distinct label sets, the identifying labels fold into ``OVERFLOW`` and
-``wslog_series_overflow_total`` counts each folded observation, so totals stay exact and no
-observation is silently dropped.
+Names and labels are an API: the dashboard and the alert rules depend on them;
+``tests/test_dashboards.py`` pins the names, and a golden file (``tests/golden/metrics/``) the
+text the lab's captures give. Label sets are capped per family: past ``max_series`` distinct
+label sets, the identifying labels fold into ``OVERFLOW`` and ``wslog_series_overflow_total``
+counts each folded observation, so totals stay exact and no observation is silently dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from analyzer import naming
 from analyzer.pipeline import Step, early_by_side
-from analyzer.vocab import Pairing
+from analyzer.vocab import Direction, Eviction, Outcome, Pairing
 
 OVERFLOW = "__overflow__"
 UNKNOWN = "unknown"
@@ -37,6 +37,7 @@ CONNECTION_LABELS = (
     "pairing",
 )
 SERVICE_LABELS = ("destination_service", "destination_namespace", "upgrade_path")
+BYTE_COLUMNS = {Direction.SENT: "bytes_sent", Direction.RECEIVED: "bytes_received"}
 # Labels that identify workloads; the others are closed vocabularies that never overflow.
 FOLDABLE = frozenset(
     {
@@ -186,18 +187,18 @@ class Metrics:
         """Count one classified connection (a CONNECTION_SCHEMA row as a dict)."""
         labels = {name: _label(row.get(name)) for name in CONNECTION_LABELS}
         self.connections.labels(**self._labels("wslog_connections_total", labels)).inc()
-        if labels["outcome"] != "upgraded":
+        if labels["outcome"] != Outcome.UPGRADED:
             return
         service = {name: labels[name] for name in SERVICE_LABELS}
         duration_ms = row.get("duration_ms")
         if isinstance(duration_ms, int):
             hist_labels = self._labels("wslog_connection_duration_seconds", service)
             self.duration.labels(**hist_labels).observe(duration_ms / 1000)
-        for direction, column in (("sent", "bytes_sent"), ("received", "bytes_received")):
+        for direction, column in BYTE_COLUMNS.items():
             value = row.get(column)
             if isinstance(value, int) and value > 0:
                 byte_labels = self._labels(
-                    "wslog_connection_bytes_total", {**service, "direction": direction}
+                    "wslog_connection_bytes_total", {**service, "direction": direction.value}
                 )
                 self.bytes.labels(**byte_labels).inc(value)
 
@@ -276,12 +277,12 @@ def record_step(
         metrics.record_connection(row)
     early = early_by_side(step.early)  # WebSockets only: see LiveAnalyzer
     for side, count in early.items():
-        metrics.evicted.labels(side=side, reason="size-cap").inc(count)
+        metrics.evicted.labels(side=side, reason=Eviction.SIZE_CAP.value).inc(count)
     unpaired = early_by_side(websockets.filter(pl.col("pairing") != Pairing.PAIRED))
     for side, count in unpaired.items():
         left = count - early.get(side, 0)  # released early: counted above, not again here
         if left > 0:
-            metrics.evicted.labels(side=side, reason="window").inc(left)
+            metrics.evicted.labels(side=side, reason=Eviction.WINDOW.value).inc(left)
     metrics.pending.set(correlator_pending)
     for source, end in step.newest.items():
         metrics.record_newest(source, end.timestamp())

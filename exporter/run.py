@@ -42,6 +42,30 @@ def build_live(settings: PipelineSettings, formats: FormatSet, on_step: OnStep) 
     )
 
 
+@dataclass(frozen=True)
+class Metered:
+    """A live pipeline whose every step is counted into ``metrics``."""
+
+    live: LiveAnalyzer
+    metrics: Metrics
+
+    def after_tick(self) -> None:
+        """The open-connections gauge, from what is pending after a tick."""
+        open_rows = self.live.pipeline.open_connections().iter_rows(named=True)
+        self.metrics.set_open(open_rows)
+
+
+def metered_live(settings: PipelineSettings, formats: FormatSet, metrics: Metrics) -> Metered:
+    """The exporter's pipeline: ``build_live`` with each step recorded in ``metrics``."""
+    live: LiveAnalyzer
+
+    def on_step(step: Step, websockets: pl.DataFrame) -> None:
+        record_step(metrics, step, websockets, live.pipeline.correlator.pending)
+
+    live = build_live(settings, formats, on_step)
+    return Metered(live, metrics)
+
+
 @dataclass
 class Loop:
     """Runs one source into one LiveAnalyzer until ``stop`` is set."""
@@ -98,19 +122,12 @@ def run_exporter(
     metrics = Metrics(registry, max_series=settings.max_series)
     metrics.build.info({"version": _version()})
     health = Health(metrics)
-    live: LiveAnalyzer
-
-    def on_step(step: Step, websockets: pl.DataFrame) -> None:
-        record_step(metrics, step, websockets, live.pipeline.correlator.pending)
-
-    def after_tick() -> None:
-        metrics.set_open(live.pipeline.open_connections().iter_rows(named=True))
-
-    live = build_live(settings.pipeline, formats, on_step)
+    metered = metered_live(settings.pipeline, formats, metrics)
     server = serve(settings.listen, settings.http, registry, health.readiness)
     log.info("serving /metrics, /healthz, /readyz", extra={"port": server.port})
     on_listen(server.port)
-    loop = Loop(live, source, health, settings.pipeline.batch_interval_s, after_tick)
+    interval = settings.pipeline.batch_interval_s
+    loop = Loop(metered.live, source, health, interval, metered.after_tick)
     try:
         loop.run(stop)
         server.drain(settings.http.drain_s)  # the final counts, flushed by run, stay scrapeable

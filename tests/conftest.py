@@ -27,6 +27,19 @@ settings.load_profile(os.environ.get("WSLOG_HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata"
+GOLDEN = ROOT / "tests" / "golden"
+UPDATE_GOLDEN = "WSLOG_UPDATE_GOLDEN"
+
+
+def golden(path: Path, actual: bytes) -> bytes:
+    """A golden file's content, written from ``actual`` first when ``WSLOG_UPDATE_GOLDEN=1``
+    (then review the diff): real input beside its expected output, compared by the caller."""
+    if os.environ.get(UPDATE_GOLDEN):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(actual)
+    assert path.exists(), f"no golden file {path}: run with {UPDATE_GOLDEN}=1"
+    return path.read_bytes()
+
 
 ENTRIES = ("client", "server", "unsided")
 

@@ -13,7 +13,7 @@ import pytest
 
 from analyzer.cli import run
 from analyzer.report import to_json
-from tests.conftest import ROOT, TESTDATA
+from tests.conftest import ROOT, TESTDATA, golden
 
 LAB = TESTDATA / "lab"
 GOLDEN = ROOT / "tests" / "golden" / "analyze"
@@ -132,13 +132,8 @@ def _golden_document(fmt: str, scenario: str) -> bytes:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("scenario", sorted(EXPECTED))
 def test_json_document_matches_golden(fmt: str, scenario: str) -> None:
-    golden = GOLDEN / fmt / f"{scenario}.json"
     actual = _golden_document(fmt, scenario)
-    if os.environ.get("WSLOG_UPDATE_GOLDEN"):
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_bytes(actual)
-    assert golden.exists(), f"no golden file {golden}: run with WSLOG_UPDATE_GOLDEN=1"
-    assert orjson.loads(actual) == orjson.loads(golden.read_bytes())
+    assert orjson.loads(actual) == orjson.loads(golden(GOLDEN / fmt / f"{scenario}.json", actual))
 
 
 def test_golden_files_have_no_strays() -> None:

@@ -1,7 +1,7 @@
 """Correlation and classification rules on entries built in the shape docs/design.md section 1
-measured. The same rules run on the lab's real Envoy logs in tests/test_analyze_golden.py; these
+measured. The same rules run on the lab's real Envoy logs in tests/test_analyze_lab.py; these
 cases pin the corners the lab cannot stage (masked addresses, shared request ids, skew,
-chunking, the size cap)."""
+chunking, the size cap) and the schema correlation hands classification."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from analyzer.classify import classify
 from analyzer.correlate import CorrelationSettings, Correlator
-from analyzer.schema import ENTRY_SCHEMA, conform
+from analyzer.schema import CORRELATED_SCHEMA, ENTRY_SCHEMA, conform
 
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)
 CLUSTER = "outbound|8080||websockets-server.default.svc.cluster.local"
@@ -345,3 +345,41 @@ def test_results_do_not_depend_on_chunking_or_file_order() -> None:
     for chunk in (1, 3, 5):
         assert analyse(rows, chunk=chunk).drop("client", "server").equals(whole)
     assert analyse(rows[::-1]).drop("client", "server").equals(whole)
+
+
+def correlated(rows: list[dict[str, Any]]) -> list[pl.DataFrame]:
+    """What a correlator hands on for ``rows``: the open connections, then every release."""
+    correlator = Correlator(CorrelationSettings())
+    released = correlator.feed(entries(rows))
+    return [correlator.open_rows(), released.connections, correlator.flush().connections]
+
+
+MIXED = [
+    client("r1", ms(0)),
+    server("r1", ms(1)),
+    rejected_client("r2", ms(100)),
+    dpe_server(ms(101)),
+    dpe_server(ms(9000), peer="10.9.9.9:1") | {"source": "-"},  # alone, from stdin: unsided
+    client("r3", ms(200), response_flags=None, duration_ms=100),  # periodic: open
+]
+
+
+def test_correlation_hands_classification_exactly_the_correlated_schema() -> None:
+    frames = correlated(MIXED)
+    pairings = set(classify(pl.concat(frames)).get_column("pairing"))
+    assert pairings == {"paired", "client-only", "unpaired"}
+    for frame in frames:
+        assert frame.schema == pl.Schema(CORRELATED_SCHEMA)
+
+
+def test_classification_reads_nothing_beyond_the_correlated_schema() -> None:
+    rows = pl.concat(correlated(MIXED))
+    # Columns a classifier might be tempted to read, holding values that would change verdicts.
+    decoys = rows.with_columns(
+        s_protocol=pl.lit("HTTP/2"),
+        c_source=pl.lit(None, pl.String),
+        response_code=pl.lit(101),
+        pairing=pl.lit("paired"),
+        outcome=pl.lit("upgraded"),
+    )
+    assert classify(decoys).equals(classify(rows))

@@ -1,4 +1,5 @@
-"""Decoding framed lines into entries (issue 3, items 2 and 7)."""
+"""Decoding framed lines into entries: every Istio generation and custom format, public lines
+from real meshes (testdata/real-world), and each malformed line rejected with its reason."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from tests.conftest import TESTDATA
 REAL_WORLD_DIR = TESTDATA / "real-world"
 
 FORMATS = default_formats()
-RENUKA = (
+# The format of envoy-custom-format-websocket-compose.log, as its source publishes it.
+COMPOSE_EXAMPLE_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_RECEIVED% %BYTES_SENT% "
     '%DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" '
@@ -33,12 +35,12 @@ REAL_WORLD = {
     "cray-hpe-docs-csm-installation-failure.log": (2, 0, 0, {"istio-text-1.8"}),
     "cray-hpe-docs-csm-troubleshoot-intermittent-503s.log": (1, 0, 1, {"istio-text-1.8"}),
     "istio-io-docs-access-log-task.log": (2, 0, 0, {"istio-text-1.9"}),
-    "jewertow-istio-playground-gateway-cluster-config.log": (3, 0, 0, {"istio-text-1.9"}),
-    "jewertow-istio-playground-tunneling-http-proxy-sidecar.log": (3, 0, 0, {"istio-text-1.9"}),
-    "renuka-fernando-examples-envoy-simple.log": (0, 0, 10, set()),
-    "zhaohuabing-blog-2020-09-11-headless-mtls.log": (1, 0, 0, {"istio-text-1.7"}),
-    "zhaohuabing-blog-2020-09-19-headless-mtls.log": (4, 0, 0, {"istio-text-1.7"}),
-    "zhaohuabing-blog-2022-09-10-try-istio-ambient.log": (7, 0, 0, {"istio-text-1.9"}),
+    "gateway-nc-cluster-not-found.log": (3, 0, 0, {"istio-text-1.9"}),
+    "sidecar-tcp-through-forward-proxy.log": (3, 0, 0, {"istio-text-1.9"}),
+    "envoy-custom-format-websocket-compose.log": (0, 0, 10, set()),
+    "headless-service-tcp-uf-urx.log": (1, 0, 0, {"istio-text-1.7"}),
+    "headless-service-uf-urx-then-puts.log": (4, 0, 0, {"istio-text-1.7"}),
+    "ambient-hbone-and-waypoint.log": (7, 0, 0, {"istio-text-1.9"}),
 }
 
 
@@ -76,9 +78,9 @@ def test_truncated_istio_1_7_line_is_reported_as_truncated() -> None:
     assert "istio-text-1.7" in rejects["detail"][0]
 
 
-def test_renuka_custom_format_with_compose_prefix_decodes_with_log_format() -> None:
-    data = (REAL_WORLD_DIR / "renuka-fernando-examples-envoy-simple.log").read_bytes()
-    decoded = decode_bytes(data, FORMATS.with_formats(parse_log_format(RENUKA)))
+def test_a_custom_format_behind_a_compose_prefix_decodes_with_its_log_format() -> None:
+    data = (REAL_WORLD_DIR / "envoy-custom-format-websocket-compose.log").read_bytes()
+    decoded = decode_bytes(data, FORMATS.with_formats(parse_log_format(COMPOSE_EXAMPLE_FORMAT)))
     assert counts(decoded) == (10, 0, 0)
     ws = decoded.entries.filter(pl.col("response_code") == 101)
     assert ws.select("response_flags", "duration_ms", "source").rows() == [
@@ -88,8 +90,8 @@ def test_renuka_custom_format_with_compose_prefix_decodes_with_log_format() -> N
     assert ws["log_time"][0] == datetime(2024, 7, 21, 8, 33, 12, 906672, tzinfo=UTC)
 
 
-def test_without_its_format_the_renuka_log_is_malformed_not_foreign() -> None:
-    data = (REAL_WORLD_DIR / "renuka-fernando-examples-envoy-simple.log").read_bytes()
+def test_without_its_format_the_custom_format_log_is_malformed_not_foreign() -> None:
+    data = (REAL_WORLD_DIR / "envoy-custom-format-websocket-compose.log").read_bytes()
     rejects = decode_bytes(data).rejects
     assert set(rejects["reason"].to_list()) == {"format-mismatch"}
 
@@ -108,7 +110,7 @@ def test_istio_text_fields_are_typed_and_dashes_are_null() -> None:
 
 
 def test_tcp_entries_have_null_method_and_protocol() -> None:
-    name = "jewertow-istio-playground-tunneling-http-proxy-sidecar.log"
+    name = "sidecar-tcp-through-forward-proxy.log"
     entries = decode_bytes((REAL_WORLD_DIR / name).read_bytes()).entries
     assert entries.select("method", "protocol", "response_code").unique().rows() == [
         (None, None, 0)

@@ -94,7 +94,7 @@ def test_namespaced_variant_grants_the_same_rules_in_the_watched_namespace_only(
 
 
 def test_cluster_role_says_it_reads_every_containers_logs_and_names_the_narrower_variants() -> None:
-    """Issue 12 item 10: RBAC cannot narrow pods/log to istio-proxy, so the object says so
+    """RBAC cannot narrow pods/log to istio-proxy, so the object says so
     where ``kubectl describe clusterrole`` shows it, not only in a YAML comment."""
     role = find(_objects("exporter"), "ClusterRole", "wslog-exporter")
     description = " ".join(role["metadata"]["annotations"]["kubernetes.io/description"].split())

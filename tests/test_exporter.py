@@ -428,7 +428,7 @@ def _saved_offset(state: Path) -> int:
 def test_a_restart_through_the_cli_counts_lines_written_while_down_once_with_a_state_dir(
     tmp_path: Path, state_dir: bool, from_start: bool, sig: signal.Signals, second_counts: str
 ) -> None:
-    """Issue 12, item 5: count N lines, stop, M lines written while down, start again; then K
+    """Count N lines, stop, M lines written while down, start again; then K
     more lines once the file is followed, to see that nothing else arrives late."""
     log, state = tmp_path / "access.log", tmp_path / "state"
     n, m, k = 50, 30, 7

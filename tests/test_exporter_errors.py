@@ -1,5 +1,5 @@
 """The exporter's and tail's errors, through the real entry point: one line that says what to do,
-the right exit code, never a traceback; an unreachable API server is loud (issue 13)."""
+the right exit code, never a traceback; an unreachable API server is loud."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def test_copytruncate_rereads_the_file_from_its_start(
 def test_copytruncate_then_a_burst_before_the_next_poll_loses_no_line(
     tmp_path: Path, follow: Callable[..., Following]
 ) -> None:
-    """Truncated, then written past the old position before the next poll (issue 12, item 4):
+    """Truncated, then written past the old position before the next poll (copytruncate):
     the size cannot tell, the file's first bytes do; the burst is read whole, from its start."""
     log = tmp_path / "0.log"
     log.touch()
@@ -215,7 +215,7 @@ class _Digest:
 
 
 def test_a_file_much_larger_than_a_block_is_read_in_bounded_memory(tmp_path: Path) -> None:
-    """Issue 12, item 3: ``--from-start --once`` on a large file held all of it at once."""
+    """``--from-start --once`` on a large file reads it block by block, never all at once."""
     log = tmp_path / "big.log"
     content = text(lines("big", 60_000)).encode()  # about 4 MB
     log.write_bytes(content)

@@ -1,4 +1,4 @@
-"""The format compiler: Envoy format strings and JSON format objects (issue 3, item 2)."""
+"""The format compiler: Envoy format strings and JSON format objects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Framing detection and the stateful Deframer (issue 3, item 1)."""
+"""Framing detection (kubelet, CRI, Docker, kubectl prefixes) and the stateful Deframer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inputs: paths, directories, globs, stdin, gzip, time-ordered interleaving (issue 3, item 1)."""
+"""Inputs: paths, directories, globs, stdin, gzip, time-ordered interleaving."""
 
 from __future__ import annotations
 

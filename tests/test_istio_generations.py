@@ -5,7 +5,6 @@ them (each equals a fresh rendering, so they cannot drift from the format), and 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from analyzer.cli import run
 from analyzer.istio_formats import ISTIO_TEXT_FORMATS
 from analyzer.report import to_json
 from analyzer.vocab import LineResult
-from tests.conftest import ROOT, TESTDATA
+from tests.conftest import ROOT, TESTDATA, golden
 from tests.test_decode import decode_bytes
 
 LINES = TESTDATA / "istio-text-generations"
@@ -83,10 +82,8 @@ def lines_of(name: str) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(GENERATIONS))
 def test_committed_lines_are_built_from_the_generations_format(name: str) -> None:
-    path = LINES / f"{name}.log"
-    if os.environ.get("WSLOG_UPDATE_GOLDEN"):
-        path.write_text("\n".join(lines_of(name)) + "\n")
-    assert path.read_text().splitlines() == lines_of(name)
+    built = "".join(f"{line}\n" for line in lines_of(name)).encode()
+    assert golden(LINES / f"{name}.log", built).decode().splitlines() == lines_of(name)
 
 
 # Layouts that coincide with a more common one are read as that one (formats.default_formats).
@@ -103,12 +100,8 @@ def test_each_generation_decodes_and_pairs(name: str, monkeypatch: pytest.Monkey
     assert result.lines[LineResult.ENTRY] == 2, "--strict: no line may be malformed"
     (conn,) = result.connections.to_dicts()
     assert (conn["outcome"], conn["pairing"], conn["response_code"]) == ("upgraded", "paired", 101)
-    actual = to_json(result)
-    golden = GOLDEN / f"{name}.json"
-    if os.environ.get("WSLOG_UPDATE_GOLDEN"):
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_bytes(actual + b"\n")
-    assert orjson.loads(actual) == orjson.loads(golden.read_bytes())
+    actual = to_json(result) + b"\n"
+    assert orjson.loads(actual) == orjson.loads(golden(GOLDEN / f"{name}.json", actual))
 
 
 def test_the_1_0_tcp_format_decodes_tcp_proxy_entries(tmp_path: Path) -> None:

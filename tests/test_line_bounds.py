@@ -1,5 +1,5 @@
 """A line's length is bounded in every input: an over-long line is one malformed ``too-long``
-line, nothing around it is lost, and no buffer grows with it (issue 12, item 9)."""
+line, nothing around it is lost, and no buffer grows with it (``--max-line-bytes``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``--log-format`` is read as Envoy 1.40 reads it (issue 13): every command operator Envoy
+"""``--log-format`` is read as Envoy 1.40 reads it: every command operator Envoy
 knows with its argument and length rules, ``%%``, positions of what it refuses, values written
 with spaces and quotes, and a warning for the fields correlation would have to guess.
 

@@ -1,4 +1,4 @@
-"""What wslog concludes from one entry alone (issue 11): edge and local replies keep their
+"""What wslog concludes from one entry alone: edge and local replies keep their
 code, flags and times; the app's own answer is told from a mesh failure even without
 %RESPONSE_CODE_DETAILS%; the destination comes from what the mesh named. Lines are built in the
 layouts of public istio-proxy lines (their threads cited beside each), with wslog's own values."""

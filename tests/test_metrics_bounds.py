@@ -1,4 +1,4 @@
-"""Series that stay bounded and counts that mean one thing (issue 12, items 1 and 8): a closed
+"""Series that stay bounded and counts that mean one thing (docs/design.md section 4): a closed
 source frees its place under the cap, the ``source`` label never carries a path or a pod UID,
 and each WebSocket that left the correlation state early is counted once."""
 

@@ -1,6 +1,6 @@
 """What a new user meets first, through the real entry point: a report that is whole in a pipe,
 a warning when nothing was read, a gate that says what tripped it, a cut gzip that keeps what
-it holds (issue 13)."""
+it holds."""
 
 from __future__ import annotations
 

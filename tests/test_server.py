@@ -1,4 +1,4 @@
-"""The exporter's HTTP server under the load of issue 12 ("the exporter under attack"), on real
+"""The exporter's HTTP server under attack (slow, idle and hanging clients, bursts), on real
 sockets on 127.0.0.1: idle and slow connections cost no thread and are closed at their
 deadline, a scraper that hangs up leaves one debug line, a full queue answers 503 at once,
 concurrent scrapes share one render, HEAD and gzip work, the Server header names no Python, the

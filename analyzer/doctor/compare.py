@@ -1,9 +1,10 @@
 """Predicted beside observed: does the configuration explain what the access logs show?
 
 Observations are ``wslog analyze``'s connections. They are matched to a prediction by
-destination service and, when the client sidecar's cluster names it (``outbound|8080||host``),
-by port. Only the sidecar-to-sidecar hop is compared (the app-to-sidecar half is the client's
-choice), and the verdict: ``h2-connect-not-allowed`` observed means ``fail``.
+destination service and, when the client sidecar's cluster names it (``outbound|8080||host``,
+``naming.service_port``), by port. Only the sidecar-to-sidecar hop is compared (the
+app-to-sidecar half is the client's choice, ``hops.mesh_hop``), and the verdict:
+``h2-connect-not-allowed`` observed means ``fail``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from enum import StrEnum
 
 import polars as pl
 
+from analyzer import naming
 from analyzer.doctor.model import Verdict
 from analyzer.doctor.predict import Prediction
+from analyzer.hops import mesh_hop
 from analyzer.vocab import Cause, Outcome, UpgradePath
 
 
@@ -117,13 +120,9 @@ def _compare_one(prediction: Prediction, seen: Sequence[Observation]) -> Compari
     return Comparison(prediction, observed, agreement, tuple(problems))
 
 
-def _hop(path: UpgradePath) -> str:
-    return path.value.split("-")[-1]
-
-
 def _hop_disagreement(prediction: Prediction, observed: Observed) -> list[str]:
-    wanted = _hop(prediction.upgrade_path)
-    other = [p for p in observed.upgrade_paths if _hop(p) != wanted]
+    wanted = mesh_hop(prediction.upgrade_path)
+    other = [p for p in observed.upgrade_paths if mesh_hop(p) is not wanted]
     if not other:
         return []
     shown = ", ".join(p.value for p in other)
@@ -149,24 +148,17 @@ def _verdict_disagreement(prediction: Prediction, observed: Observed) -> list[st
 
 def observations(connections: pl.DataFrame) -> list[Observation]:
     """``AnalysisResult.connections`` rows as observations."""
+    port = naming.service_port(pl.col("client").struct.field("upstream_cluster"))
     rows = connections.select(
-        "destination_service", "upgrade_path", "outcome", "cause", "client"
+        "destination_service", "upgrade_path", "outcome", "cause", port.alias("port")
     ).iter_rows(named=True)
     return [
         Observation(
             service=str(row["destination_service"] or ""),
-            port=_port((row["client"] or {}).get("upstream_cluster")),
+            port=row["port"],
             upgrade_path=UpgradePath(row["upgrade_path"]),
             outcome=Outcome(row["outcome"]),
             cause=Cause(row["cause"] or ""),
         )
         for row in rows
     ]
-
-
-def _port(cluster: str | None) -> int | None:
-    """8080 from ``outbound|8080||websockets-server.default.svc.cluster.local``."""
-    parts = (cluster or "").split("|")
-    if len(parts) == 4 and parts[0] == "outbound" and parts[1].isdigit():
-        return int(parts[1])
-    return None

@@ -1,7 +1,8 @@
 """Predict, for each Service port that can carry a WebSocket, the upgrade path and its verdict.
 
-The client app speaks HTTP/1.1 to its sidecar (WebSocket clients do), so the path is ``h1-h1``
-or ``h1-h2``; only the sidecar-to-sidecar hop is decided by configuration, in Istio's order:
+The client app speaks HTTP/1.1 to its sidecar (WebSocket clients do: ``hops.ASSUMED_APP_HOP``),
+so the path is ``h1-h1`` or ``h1-h2``; only the sidecar-to-sidecar hop is decided by
+configuration, in Istio's order:
 
 1. ``useClientProtocol: true`` in the applicable DestinationRule: the hop follows the client
    (HTTP/1.1). Istio applies it after everything else, so it wins.
@@ -36,6 +37,7 @@ from analyzer.doctor.model import (
     Workload,
 )
 from analyzer.doctor.remedy import Fix, remedy
+from analyzer.hops import ASSUMED_APP_HOP, upgrade_path
 from analyzer.vocab import Cause, Hop, UpgradePath
 
 FIRST_CONNECT_VERSION = (1, 12)
@@ -121,7 +123,7 @@ def _predict_port(
 ) -> Prediction:
     hop = decide_hop(inventory, settings, service, port)
     host = istio.fqdn(service.name, service.namespace, settings.domain)
-    path = UpgradePath.H1_H2 if hop.hop is Hop.H2 else UpgradePath.H1_H1
+    path = upgrade_path(ASSUMED_APP_HOP, hop.hop)
     check = check_connect(inventory, service, port) if hop.hop is Hop.H2 else None
     ok = check is None or check.allowed
     after = check.denying_priority if check else None
