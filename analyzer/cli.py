@@ -30,18 +30,18 @@ from analyzer.options import log_formats
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
 from analyzer.timerange import TimeRange
 
-__all__ = ["analyze_sources", "run"]
+__all__ = ["analyze_paths", "analyze_sources"]
 
 
-def run(
+def analyze_paths(
     paths: list[str],
-    log_format: str | None,
-    include_all: bool,
-    keep_query: bool,
-    strict: bool,
-    window: float,
-    clock_skew: float,
     *,
+    log_format: str | None = None,
+    include_all: bool = False,
+    keep_query: bool = False,
+    strict: bool = False,
+    window: float = 10.0,
+    clock_skew: float = 1.0,
     max_line_bytes: int = MAX_LINE_BYTES,
     time_range: TimeRange | None = None,
 ) -> AnalysisResult:

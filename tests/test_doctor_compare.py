@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import analyzer.doctor
-from analyzer.cli import run
+from analyzer.cli import analyze_paths
 from analyzer.doctor import Agreement, Observation, Prediction, Verdict, compare, istio
 from analyzer.doctor.compare import observations, unpredicted_failures
 from analyzer.doctor.model import ServicePort
@@ -112,7 +112,7 @@ def test_only_failures_the_configuration_does_not_predict_are_unpredicted() -> N
 
 
 def test_observations_from_analyze_carry_the_client_clusters_port(testdata: Path) -> None:
-    result = run([str(testdata / "lab/json/concurrent-h2")], None, False, False, False, 10.0, 1.0)
+    result = analyze_paths([str(testdata / "lab/json/concurrent-h2")])
     seen = observations(result.connections)
     assert len(seen) == 3
     assert {(o.service, o.port, o.upgrade_path) for o in seen} == {

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from analyzer.cli import run as analyze_run
+from analyzer.cli import analyze_paths
 from analyzer.formats import default_formats
 from exporter.files import FileSource
 from exporter.metrics import CONNECTION_LABELS, UNKNOWN
@@ -60,7 +60,7 @@ def counted_connections(
 
 
 def analysed_connections(paths: list[str]) -> tuple[Counter[tuple[str, ...]], dict[str, int]]:
-    result = analyze_run(paths, None, False, False, False, 10.0, 1.0)
+    result = analyze_paths(paths)
     frame = result.connections.select(
         [pl.col(k).fill_null(UNKNOWN).cast(pl.String) for k in CONNECTION_LABELS]
     )
@@ -210,7 +210,7 @@ def test_series_cap_folds_labels_and_counts_the_overflow() -> None:
 
 def test_no_label_carries_a_path_an_id_or_an_address() -> None:
     paths = lab_logs("json")
-    result = analyze_run(paths, None, True, True, False, 10.0, 1.0).connections
+    result = analyze_paths(paths, include_all=True, keep_query=True).connections
     forbidden = set(result.get_column("request_id").drop_nulls())
     forbidden |= set(result.get_column("path").drop_nulls())
     for side in ("client", "server"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from analyzer.cli import run as analyze_run
+from analyzer.cli import analyze_paths
 from analyzer.formats import default_formats
 from exporter.kube import KubeSource
 from exporter.metrics import CONNECTION_LABELS, UNKNOWN
@@ -99,7 +99,7 @@ def expected(
         served = kube.log_lines(NS, pod)
         path.write_text("".join(f"[pod/{pod}/istio-proxy] {line}\n" for line in served))
         paths.append(str(path))
-    result = analyze_run(paths, None, False, False, False, 10.0, 1.0).connections
+    result = analyze_paths(paths).connections
     frame = result.select([pl.col(k).fill_null(UNKNOWN).cast(pl.String) for k in COMPARED])
     return Counter(tuple(row) for row in frame.iter_rows())
 

@@ -21,7 +21,7 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from analyzer.cli import analyze_sources, run
+from analyzer.cli import analyze_paths, analyze_sources
 from analyzer.errors import InputError, WslogError
 from analyzer.inputs import InputSource
 from analyzer.lines import MAX_LINE_BYTES
@@ -236,7 +236,7 @@ def _check_inputs(paths: list[str], kubernetes: bool, cluster: Cluster) -> None:
 
 def _read_files(paths: list[str], reading: Reading) -> AnalysisResult:
     r = reading
-    return run(
+    return analyze_paths(
         paths,
         log_format=r.log_format,
         include_all=r.include_all,

@@ -9,8 +9,8 @@ import typer
 
 from analyzer.lab.cli import app as lab_app
 from exporter.cli import exporter, tail
-from exporter.doctor_cli import doctor
 from wslog.analyze import analyze
+from wslog.doctor import doctor
 
 app = typer.Typer(
     name="wslog",

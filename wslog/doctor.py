@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from analyzer.cli import run
+from analyzer.cli import analyze_paths
 from analyzer.doctor import DoctorSettings, Inventory, Prediction, compare, predict
 from analyzer.doctor.compare import Observed, observations
 from analyzer.doctor.load import load_paths
@@ -171,7 +171,7 @@ def _report(
 ) -> Report:
     if not logs:
         return Report(predictions, problems=inventory.problems)
-    result = run(logs, log_format, False, False, False, 10.0, 1.0)
+    result = analyze_paths(logs, log_format=log_format)
     comparisons, strays = compare(predictions, observations(result.connections))
     return Report(predictions, tuple(comparisons), tuple(strays), inventory.problems)
 
