@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from analyzer.correlate import CorrelationSettings
+from analyzer.correlate import PAIR_WINDOW_S, CorrelationSettings
 from analyzer.decode import Decoded
 from analyzer.formats import FormatSet
 from analyzer.inputs import InputSet, InputSource, expand_all
@@ -40,7 +40,7 @@ def analyze_paths(
     include_all: bool = False,
     keep_query: bool = False,
     strict: bool = False,
-    window: float = 10.0,
+    pair_window: float = PAIR_WINDOW_S,
     clock_skew: float = 1.0,
     max_line_bytes: int = MAX_LINE_BYTES,
     time_range: TimeRange | None = None,
@@ -55,7 +55,7 @@ def analyze_paths(
         include_all=include_all,
         keep_query=keep_query,
         strict=strict,
-        window=window,
+        pair_window=pair_window,
         clock_skew=clock_skew,
         max_line_bytes=max_line_bytes,
         time_range=time_range,
@@ -69,7 +69,7 @@ def analyze_sources(
     include_all: bool = False,
     keep_query: bool = False,
     strict: bool = False,
-    window: float = 10.0,
+    pair_window: float = PAIR_WINDOW_S,
     clock_skew: float = 1.0,
     max_line_bytes: int = MAX_LINE_BYTES,
     time_range: TimeRange | None = None,
@@ -79,7 +79,7 @@ def analyze_sources(
     the progress shown on a terminal (e.g. ``pods``)."""
     inputs = InputSet(sources, formats, strict=strict, max_line_bytes=max_line_bytes)
     settings = CorrelationSettings(
-        window=timedelta(seconds=window), clock_skew=timedelta(seconds=clock_skew)
+        window=timedelta(seconds=pair_window), clock_skew=timedelta(seconds=clock_skew)
     )
     pipeline = Pipeline(formats=formats, settings=settings, keep_query=keep_query)
     chunks = _with_progress(inputs, unit)

@@ -67,9 +67,12 @@ ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
 PENDING_SCHEMA = {**ENTRY_SCHEMA, **ANNOTATION_SCHEMA}
 
 
+PAIR_WINDOW_S = 10.0  # --pair-window's default in every command
+
+
 @dataclass(frozen=True)
 class CorrelationSettings:
-    window: timedelta = timedelta(seconds=5)  # how long an entry waits for its counterpart
+    window: timedelta = timedelta(seconds=PAIR_WINDOW_S)  # how long an entry waits for its pair
     clock_skew: timedelta = timedelta(seconds=1)  # tolerated clock difference between pods
     max_pending: int = 200_000  # entries; past it the oldest connections are released early
     # Whole inputs (wslog analyze): connections released without both sides wait for the end of

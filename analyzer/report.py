@@ -24,7 +24,7 @@ from analyzer.vocab import Cause, LineResult, Outcome, Pairing, explain
 ENTRY_COLUMNS = ("client", "server", "unsided")
 LATE_HINT = (
     "{n} entries came after their connection had been reported with both sides: the input goes "
-    "back in time by more than --window in a stream that mixes pods (e.g. merged dumps "
+    "back in time by more than --pair-window in a stream that mixes pods (e.g. merged dumps "
     "concatenated out of order), so they count as connections of their own. Give each "
     "pod's log as its own file, concatenate whole pod logs, or sort the stream by time."
 )

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from analyzer.correlate import PAIR_WINDOW_S
 from analyzer.errors import WslogError
 from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
@@ -245,7 +246,7 @@ def exporter(
             envvar="WSLOG_MAX_SERIES",
         ),
     ] = 2000,
-    pair_window: WindowOpt = 5.0,
+    pair_window: WindowOpt = PAIR_WINDOW_S,
     clock_skew: SkewOpt = 1.0,
     max_pending: PendingOpt = 50_000,
     batch_interval: BatchOpt = 1.0,
@@ -331,7 +332,7 @@ def tail(
         list[str] | None,
         typer.Option(help="Show only this outcome: upgraded, rejected, failed, open."),
     ] = None,
-    pair_window: WindowOpt = 5.0,
+    pair_window: WindowOpt = PAIR_WINDOW_S,
     clock_skew: SkewOpt = 1.0,
     max_pending: PendingOpt = 50_000,
     batch_interval: BatchOpt = 0.5,

@@ -224,7 +224,7 @@ def test_since_is_asked_of_the_log_api(kube: FakeKube) -> None:
     assert abs(since - (now - timedelta(hours=1))) < timedelta(seconds=30)
     asked = [query.get("sinceTime") for _, query in log_requests(kube)]
     assert len(asked) == 2
-    for value in asked:  # whole seconds, --window + --clock-skew (11 s) before --since
+    for value in asked:  # whole seconds, --pair-window + --clock-skew (11 s) before --since
         assert value is not None and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", value)
         lead = since.timestamp() - parse_rfc3339(value) / 1e9
         assert 11 <= lead < 12

@@ -57,3 +57,14 @@ def test_every_flag_of_the_long_running_commands_has_an_environment_variable(
     assert len(options) > 15
     lacking = [o.split()[1] for o in options if "env var:" not in o and "--help" not in o]
     assert lacking == interactive
+
+
+def test_the_pair_window_has_one_name_and_the_old_one_still_works_with_a_note() -> None:
+    logs = str(ROOT / "testdata" / "lab" / "json" / "h1")
+    new = wslog("analyze", logs, "--pair-window", "5", "-f", "json")
+    old = wslog("analyze", logs, "--window", "5", "-f", "json")
+    assert new.returncode == old.returncode == 0
+    assert old.stdout == new.stdout
+    assert "--window is deprecated: use --pair-window" in old.stderr
+    for command in ("analyze", "exporter", "tail"):
+        assert "--pair-window" in wslog(command, "--help").stdout

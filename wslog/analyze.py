@@ -22,6 +22,7 @@ import polars as pl
 import typer
 
 from analyzer.cli import analyze_paths, analyze_sources
+from analyzer.correlate import PAIR_WINDOW_S
 from analyzer.errors import InputError, WslogError
 from analyzer.inputs import InputSource
 from analyzer.lines import MAX_LINE_BYTES
@@ -62,7 +63,7 @@ KUBERNETES_HELP = (
 )
 SINCE_HELP = (
     f"Only connections open at or after this: {BOUND_HELP}. With --kubernetes the log API "
-    "is asked only for lines written since then (less --window). Connections left out are "
+    "is asked only for lines written since then (less --pair-window). Connections left out are "
     "counted in the report."
 )
 UNTIL_HELP = f"Only connections that started before this: {BOUND_HELP}."
@@ -143,9 +144,12 @@ def analyze(
     ] = False,
     fail_on: Annotated[list[str] | None, typer.Option(help=FAIL_ON_HELP)] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed entry.")] = False,
-    window: Annotated[
+    pair_window: Annotated[
         float, typer.Option(help="Seconds an entry waits for the other sidecar's entry.")
-    ] = 10.0,
+    ] = PAIR_WINDOW_S,
+    window: Annotated[
+        float | None, typer.Option(hidden=True, help="Deprecated name of --pair-window.")
+    ] = None,
     clock_skew: Annotated[
         float, typer.Option(help="Tolerated clock difference between pods, seconds.")
     ] = 1.0,
@@ -174,8 +178,11 @@ def analyze(
     """Correlate client and server sidecar entries of every WebSocket, classify its upgrade path
     and outcome, and explain each failure with its cause and fix."""
     cluster = Cluster(tuple(namespace or ()), selector, context, kubeconfig)
+    if window is not None:
+        typer.echo("wslog analyze: --window is deprecated: use --pair-window", err=True)
+        pair_window = window
     with _errors():
-        checks = _check_options(fail_on or [], window, clock_skew, output_format, output)
+        checks = _check_options(fail_on or [], pair_window, clock_skew, output_format, output)
         if max_line_bytes < 1:
             raise WslogError("--max-line-bytes must be at least 1")
         _check_inputs(paths or [], kubernetes, cluster)
@@ -184,7 +191,7 @@ def analyze(
             include_all,
             keep_query,
             strict,
-            window,
+            pair_window,
             clock_skew,
             max_line_bytes,
             _time_range(since, until),
@@ -209,7 +216,7 @@ class Reading:
     include_all: bool
     keep_query: bool
     strict: bool
-    window: float
+    pair_window: float
     clock_skew: float
     max_line_bytes: int
     time_range: TimeRange
@@ -242,7 +249,7 @@ def _read_files(paths: list[str], reading: Reading) -> AnalysisResult:
         include_all=r.include_all,
         keep_query=r.keep_query,
         strict=r.strict,
-        window=r.window,
+        pair_window=r.pair_window,
         clock_skew=r.clock_skew,
         max_line_bytes=r.max_line_bytes,
         time_range=r.time_range,
@@ -269,7 +276,7 @@ def _read_cluster(cluster: Cluster, reading: Reading) -> tuple[AnalysisResult, s
             include_all=r.include_all,
             keep_query=r.keep_query,
             strict=r.strict,
-            window=r.window,
+            pair_window=r.pair_window,
             clock_skew=r.clock_skew,
             max_line_bytes=r.max_line_bytes,
             time_range=r.time_range,
@@ -284,7 +291,7 @@ def _ask_since(reading: Reading) -> datetime | None:
     that a connection open in the range comes with its other sidecar's entry even when that
     one ended a little earlier (the range then decides on whole connections)."""
     since = reading.time_range.since
-    margin = timedelta(seconds=reading.window + reading.clock_skew)
+    margin = timedelta(seconds=reading.pair_window + reading.clock_skew)
     return since - margin if since is not None else None
 
 
@@ -304,7 +311,7 @@ def _note_pods(what: str, pods: list[str]) -> None:
 
 def _check_options(
     fail_on: list[str],
-    window: float,
+    pair_window: float,
     clock_skew: float,
     output_format: OutputFormat,
     output: Path | None,
@@ -313,8 +320,8 @@ def _check_options(
     unknown = sorted(set(fail_on) - valid)
     if unknown:
         raise WslogError(f"--fail-on {', '.join(unknown)}: choose from {', '.join(sorted(valid))}")
-    if window <= 0 or clock_skew < 0:
-        raise WslogError("--window must be positive and --clock-skew not negative")
+    if pair_window <= 0 or clock_skew < 0:
+        raise WslogError("--pair-window must be positive and --clock-skew not negative")
     if output_format is OutputFormat.PARQUET and output is None:
         raise WslogError("--format parquet needs --output FILE (Parquet is binary)")
     return set(fail_on)
