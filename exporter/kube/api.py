@@ -42,7 +42,7 @@ RBAC_FIX = (
     '(ClusterRole rules: apiGroups [""], resources ["pods"], verbs ["get","list","watch"]; '
     'apiGroups [""], resources ["pods/log"], verbs ["get"]) and bind it'
 )
-# The client's config loaders and Watch are untyped; call them through Any.
+# The client's config loaders are untyped; call them through Any.
 config: Any = kube_config
 
 
