@@ -1,8 +1,11 @@
-"""The one place that talks to Kubernetes: pod discovery and log streams (``logs``), and the
-mesh configuration ``wslog doctor`` reads (``mesh``). ``resume`` is the pure cursor logic."""
+"""The one place that talks to Kubernetes. The exporter's source (``source``) is built from the
+client calls (``api``), pod discovery (``discovery``) and one log stream per pod (``streams``);
+``snapshot`` reads each pod's log once for ``wslog analyze --kubernetes``; ``mesh`` reads the
+mesh configuration ``wslog doctor`` checks. ``resume`` is the pure cursor logic."""
 
-from exporter.kube.logs import Api, KubeSource
+from exporter.kube.api import Api
 from exporter.kube.resume import Cursor, Resume, parse_timestamp, since_time
+from exporter.kube.source import KubeSource
 from exporter.sources import KubeSettings
 
 __all__ = ["Api", "Cursor", "KubeSource", "Resume", "connect", "parse_timestamp", "since_time"]

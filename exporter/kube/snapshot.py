@@ -33,14 +33,8 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from analyzer.errors import WslogError
-from exporter.kube.logs import (  # the log source's own rules, shared
-    Api,
-    _container_status,
-    _has_container,
-    _iter_body,
-    _started,
-    _status_message,
-)
+from exporter.kube.api import Api, iter_body, status_message  # the log source's own rules
+from exporter.kube.discovery import container_status, has_container, started
 from exporter.kube.resume import NS, Cursor
 from exporter.sources import KubeSettings, SourceError
 
@@ -140,12 +134,12 @@ class Snapshot:
         for item in self._call(lambda: self._api.list_pods(namespace)[0], what):
             meta = item.get("metadata") or {}
             pod = (str(meta.get("namespace")), str(meta.get("name")))
-            if not _has_container(item, container):
+            if not has_container(item, container):
                 continue
-            if not _started(item, container):
+            if not started(item, container):
                 self.not_started.append("/".join(pod))
                 continue
-            status = _container_status(item, container)
+            status = container_status(item, container)
             ended = (status.get("lastState") or {}).get("terminated")
             yield PodLog(*pod, restarted=bool(status.get("restartCount") or ended))
 
@@ -236,7 +230,7 @@ class _PodStream(io.RawIOBase):
 
     def _bodies(self) -> Iterator[bytes]:
         for response in self._responses:
-            yield from _iter_body(response)
+            yield from iter_body(response)
             response.release_conn()  # read to its end: the connection serves the next request
 
 
@@ -269,5 +263,5 @@ def _refused(error: ApiException, what: str) -> str:
             f"token?); log in again, or {WHERE}"
         )
     if error.status == 403:
-        return f"Forbidden (403) {what}: {_status_message(error)}; {RBAC}"
-    return f"{what} failed ({error.status} {error.reason}): {_status_message(error)}; retry"
+        return f"Forbidden (403) {what}: {status_message(error)}; {RBAC}"
+    return f"{what} failed ({error.status} {error.reason}): {status_message(error)}; retry"
