@@ -42,6 +42,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
+from analyzer.errors import WslogError
 from exporter.settings import SettingsError
 
 __all__ = ["Checkpoint", "SavedState", "StateError", "StateStore", "decode", "encode"]
@@ -53,7 +54,7 @@ VERSION = 1
 log = logging.getLogger("wslog.exporter")
 
 
-class StateError(ValueError):
+class StateError(WslogError, ValueError):
     """The state file cannot be understood."""
 
 

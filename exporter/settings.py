@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 
+from analyzer.errors import WslogError
 from analyzer.lines import MAX_LINE_BYTES
 
 
@@ -20,7 +21,7 @@ class SourceKind(StrEnum):
     STDIN = "stdin"
 
 
-class SettingsError(ValueError):
+class SettingsError(WslogError, ValueError):
     """One or more settings are invalid; the message lists each with its fix."""
 
 

