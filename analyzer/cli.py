@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 import typer
 from rich.console import Console
@@ -24,7 +25,7 @@ from rich.progress import (
 from analyzer.correlate import PAIR_WINDOW_S, CorrelationSettings
 from analyzer.decode import Decoded
 from analyzer.formats import FormatSet
-from analyzer.inputs import InputSet, InputSource, expand_all
+from analyzer.inputs import BLOCK_BYTES, InputSet, InputSource, expand_all
 from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
@@ -74,10 +75,19 @@ def analyze_sources(
     max_line_bytes: int = MAX_LINE_BYTES,
     time_range: TimeRange | None = None,
     unit: str = "inputs",
+    block_bytes: int = BLOCK_BYTES,
+    stdin: BinaryIO | None = None,
 ) -> AnalysisResult:
     """Every source decoded in time order through one pipeline; ``unit`` names the sources in
-    the progress shown on a terminal (e.g. ``pods``)."""
-    inputs = InputSet(sources, formats, strict=strict, max_line_bytes=max_line_bytes)
+    the progress shown on a terminal (e.g. ``pods``); ``stdin`` is what ``-`` reads."""
+    inputs = InputSet(
+        sources,
+        formats,
+        strict=strict,
+        max_line_bytes=max_line_bytes,
+        block_bytes=block_bytes,
+        stdin=stdin,
+    )
     settings = CorrelationSettings(
         window=timedelta(seconds=pair_window), clock_skew=timedelta(seconds=clock_skew)
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import io
 import random
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from analyzer.correlate import CorrelationSettings
+from analyzer.cli import analyze_sources
 from analyzer.formats import default_formats
-from analyzer.inputs import InputSet, InputSource
+from analyzer.inputs import InputSource
 from analyzer.lab.scenarios import SCENARIOS
-from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
+from analyzer.pipeline import AnalysisResult
 from analyzer.vocab import LineResult
 from tests.conftest import TESTDATA, verdicts
 
@@ -39,13 +39,11 @@ GARBAGE = st.sampled_from(
 
 def analyse(files: list[Path], block_bytes: int, stdin: bytes | None = None) -> AnalysisResult:
     """``files``, or ``stdin`` as the one input ``-``, as ``wslog analyze`` reads them."""
-    formats = default_formats()
     sources = [InputSource(str(p), p) for p in files] if stdin is None else [InputSource("-")]
     stream = None if stdin is None else io.BytesIO(stdin)
-    inputs = InputSet(sources, formats, block_bytes=block_bytes, stdin=stream)
-    settings = CorrelationSettings(window=timedelta(seconds=10))
-    pipeline = Pipeline(formats=formats, settings=settings)
-    return analyze_chunks(inputs, inputs.low_watermark, pipeline=pipeline, include_all=True)
+    return analyze_sources(
+        sources, formats=default_formats(), include_all=True, block_bytes=block_bytes, stdin=stream
+    )
 
 
 def key(result: AnalysisResult) -> pl.DataFrame:

@@ -6,10 +6,10 @@ as 64 bytes. ``wslog analyze --fail-on`` and the exporter's stdin source agree."
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -17,12 +17,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from analyzer.correlate import CorrelationSettings
+from analyzer.cli import analyze_sources
 from analyzer.decode import decode
 from analyzer.formats import default_formats
-from analyzer.inputs import InputSet, InputSource
+from analyzer.inputs import InputSource
 from analyzer.lab.scenarios import BY_NAME
-from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
+from analyzer.pipeline import AnalysisResult
 from analyzer.report import render_table
 from analyzer.schema import LINE_SCHEMA, conform
 from tests.conftest import TESTDATA, verdicts
@@ -75,20 +75,19 @@ def lab_lines(fmt: str, scenario: str) -> tuple[list[str], list[str]]:
 
 
 def analyse(files: list[list[str]], block_bytes: int, *, stdin: bool = False) -> AnalysisResult:
-    formats = default_formats()
     blobs = [("\n".join(lines) + "\n").encode() for lines in files]
     if stdin:
-        sources = [InputSource("-", None)]
+        sources = [InputSource("-")]
         stream: io.BytesIO | None = io.BytesIO(b"".join(blobs))
     else:
-        sources = [InputSource(f"f{i}", None) for i in range(len(files))]
+        sources = [
+            InputSource(f"f{i}", opener=functools.partial(io.BytesIO, blob))
+            for i, blob in enumerate(blobs)
+        ]
         stream = None
-    inputs = InputSet(sources, formats, block_bytes=block_bytes, stdin=stream)
-    if not stdin:
-        for reader, blob in zip(inputs.readers, blobs, strict=True):
-            reader.stdin = io.BytesIO(blob)
-    pipeline = Pipeline(formats=formats, settings=CorrelationSettings(timedelta(seconds=10)))
-    return analyze_chunks(inputs, inputs.low_watermark, pipeline=pipeline, include_all=True)
+    return analyze_sources(
+        sources, formats=default_formats(), include_all=True, block_bytes=block_bytes, stdin=stream
+    )
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
