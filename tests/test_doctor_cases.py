@@ -9,7 +9,6 @@ equal; ``evidence``/``remedy`` list substrings that must appear, ``evidence_abse
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,7 @@ def _predict(case: dict[str, Any]) -> list[Prediction]:
     assert inventory.problems == ()
     settings = case.get("settings", {})
     if "istio_version" in settings:
-        inventory = replace(
-            inventory, istio_version=settings["istio_version"], version_source="--istio-version"
-        )
+        inventory = inventory.with_istio_version(settings["istio_version"])
     return predict(inventory, DoctorSettings(client_namespace=settings.get("client_namespace")))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -97,9 +96,7 @@ def doctor(
     try:
         inventory = _inventory(config_paths, namespace or [], istio_namespace, kubeconfig, context)
         if istio_version:
-            inventory = replace(
-                inventory, istio_version=istio_version, version_source="--istio-version"
-            )
+            inventory = inventory.with_istio_version(istio_version)
         settings = DoctorSettings(client_namespace=client_namespace)
         predictions = tuple(predict(inventory, settings))
         _require_ports(inventory, predictions, config_paths, namespace or [])

@@ -9,7 +9,7 @@ maps are plain dicts that are never mutated after parsing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -181,3 +181,7 @@ class Inventory:
     istio_version: str | None = None
     version_source: str = ""
     problems: tuple[str, ...] = ()
+
+    def with_istio_version(self, version: str) -> Inventory:
+        """The inventory as ``--istio-version`` states the mesh's version, whatever was read."""
+        return replace(self, istio_version=version, version_source="--istio-version")
