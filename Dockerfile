@@ -11,6 +11,7 @@ RUN python -m venv /opt/wslog
 COPY pyproject.toml README.md ./
 COPY analyzer ./analyzer
 COPY exporter ./exporter
+COPY lab ./lab
 COPY wslog ./wslog
 RUN /opt/wslog/bin/pip install --only-binary=:all: --no-binary=wslog . \
  && /opt/wslog/bin/pip uninstall --yes pip setuptools wheel

@@ -42,8 +42,8 @@ lab: setup-lab
 	$(BIN)/wslog analyze '$(OUT)/lab/*/*.log'
 
 check: setup-dev
-	$(BIN)/ruff check analyzer exporter wslog tests bench dashboards
-	$(BIN)/ruff format --check analyzer exporter wslog tests bench dashboards
+	$(BIN)/ruff check analyzer exporter wslog lab tests bench dashboards
+	$(BIN)/ruff format --check analyzer exporter wslog lab tests bench dashboards
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

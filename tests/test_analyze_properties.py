@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from analyzer.cli import analyze_sources
 from analyzer.formats import default_formats
 from analyzer.inputs import InputSource
-from analyzer.lab.scenarios import SCENARIOS
 from analyzer.pipeline import AnalysisResult
 from analyzer.vocab import LineResult
+from lab.scenarios import SCENARIOS
 from tests.conftest import TESTDATA, verdicts
 
 LAB = sorted((TESTDATA / "lab" / "json").glob("*/*.log"))

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from analyzer.decode import Decoded, decode, decode_framed
 from analyzer.formats import FormatSet, default_formats, parse_log_format
 from analyzer.framing import Deframer, Framed
-from analyzer.lab.scenarios import BY_NAME
 from analyzer.schema import ENTRY_SCHEMA, REJECT_SCHEMA
 from analyzer.vocab import LineResult
+from lab.scenarios import BY_NAME
 from tests.conftest import TESTDATA
 
 REAL_WORLD_DIR = TESTDATA / "real-world"

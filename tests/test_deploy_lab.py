@@ -1,5 +1,5 @@
 """Each deploy/ variant is a lab scenario: what the manifests ask Istio to configure is what the
-lab's Envoy sidecars are configured with (analyzer.lab.envoy_config), so the lab's logs and
+lab's Envoy sidecars are configured with (lab.envoy_config), so the lab's logs and
 testdata stand for what a cluster with these manifests writes."""
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from analyzer.lab.envoy_config import (
+from analyzer.vocab import Hop
+from lab.envoy_config import (
     Ports,
     client_cluster_protocol_options,
     log_format,
     server_bootstrap,
     server_hcm_http2_options,
 )
-from analyzer.lab.scenarios import BY_NAME, LogFormat, Scenario
-from analyzer.vocab import Hop
+from lab.scenarios import BY_NAME, LogFormat, Scenario
 from tests.deploy.manifests import DEPLOY, ROOT, find, render
 
 Obj = dict[str, Any]

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from analyzer.doctor import inventory_from_manifests, predict
 from analyzer.doctor.load import parse_documents
-from analyzer.lab.scenarios import SCENARIOS, Scenario
 from analyzer.vocab import Hop
+from lab.scenarios import SCENARIOS, Scenario
 from wslog.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,13 +9,14 @@ import pkgutil
 
 import analyzer
 import exporter
+import lab
 import wslog
 from analyzer.errors import WslogError
 
 
 def public_exceptions() -> dict[str, type[BaseException]]:
     found: dict[str, type[BaseException]] = {}
-    for package in (analyzer, exporter, wslog):
+    for package in (analyzer, exporter, lab, wslog):
         prefix = package.__name__ + "."
         for info in pkgutil.walk_packages(package.__path__, prefix):
             if info.name.endswith("__main__"):

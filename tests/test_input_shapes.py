@@ -21,10 +21,10 @@ from analyzer.cli import analyze_sources
 from analyzer.decode import decode
 from analyzer.formats import default_formats
 from analyzer.inputs import InputSource
-from analyzer.lab.scenarios import BY_NAME
 from analyzer.pipeline import AnalysisResult
 from analyzer.report import render_table
 from analyzer.schema import LINE_SCHEMA, conform
+from lab.scenarios import BY_NAME
 from tests.conftest import TESTDATA, verdicts
 from wslog.cli import app
 

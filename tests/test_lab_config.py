@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from analyzer.istio_formats import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT, WSLOG_EXTRA_FIELDS
-from analyzer.lab import envoy_config as ec
-from analyzer.lab.scenarios import (
+from analyzer.vocab import Hop
+from lab import envoy_config as ec
+from lab.scenarios import (
     BY_NAME,
     SCENARIOS,
     LogFormat,
@@ -16,7 +17,6 @@ from analyzer.lab.scenarios import (
     UnknownScenarioError,
     select,
 )
-from analyzer.vocab import Hop
 
 PORTS = ec.Ports(
     app=1001, server_inbound=1002, server_admin=1003, client_outbound=1004, client_admin=1005

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from analyzer.istio_formats import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT, WSLOG_EXTRA_FIELDS
-from analyzer.lab.envoy_config import CLIENT_CLUSTER, SERVER_CLUSTER, WSLOG_EXTRA_TEXT
-from analyzer.lab.scenarios import BY_NAME, GATEWAY_HOST, SCENARIOS, LogFormat
+from lab.envoy_config import CLIENT_CLUSTER, SERVER_CLUSTER, WSLOG_EXTRA_TEXT
+from lab.scenarios import BY_NAME, GATEWAY_HOST, SCENARIOS, LogFormat
 
 Entry = dict[str, Any]
 TESTDATA_LAB = Path(__file__).resolve().parent.parent / "testdata" / "lab"

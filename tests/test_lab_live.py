@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from analyzer.lab import processes
-from analyzer.lab.processes import EnvoyNotFoundError, LabError, PortAllocator, Sidecar
-from analyzer.lab.runner import INCOMPLETE, RunSettings, ScenarioResult, ignore, run_scenarios
-from analyzer.lab.scenarios import SCENARIOS, LogFormat, select
+from lab import processes
+from lab.processes import EnvoyNotFoundError, LabError, PortAllocator, Sidecar
+from lab.runner import INCOMPLETE, RunSettings, ScenarioResult, ignore, run_scenarios
+from lab.scenarios import SCENARIOS, LogFormat, select
 from tests.test_lab_expectations import CASES, CHECKS, load_run
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(120)]

@@ -28,12 +28,12 @@ from analyzer.envoy_syntax import Command, tokenise
 from analyzer.errors import FormatError
 from analyzer.formats import FormatSet, compile_text, parse_log_format
 from analyzer.istio_formats import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT
-from analyzer.lab import envoy_config as ec
-from analyzer.lab import processes
-from analyzer.lab.processes import EnvoyNotFoundError, PortAllocator, Sidecar
-from analyzer.lab.scenarios import BY_NAME, LogFormat
 from analyzer.options import log_formats
 from analyzer.vocab import LineResult
+from lab import envoy_config as ec
+from lab import processes
+from lab.processes import EnvoyNotFoundError, PortAllocator, Sidecar
+from lab.scenarios import BY_NAME, LogFormat
 from tests.conftest import ROOT
 from tests.test_decode import decode_lines
 

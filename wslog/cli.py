@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from analyzer.lab.cli import app as lab_app
 from exporter.cli import exporter, tail
+from lab.cli import app as lab_app
 from wslog.analyze import analyze
 from wslog.doctor import doctor
 

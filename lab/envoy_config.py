@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from analyzer.istio_formats import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT, WSLOG_EXTRA_FIELDS
-from analyzer.lab.scenarios import GATEWAY_HOST, Front, LogFormat, Scenario
 from analyzer.vocab import Hop
+from lab.scenarios import GATEWAY_HOST, Front, LogFormat, Scenario
 
 Config = dict[str, Any]
 

@@ -14,11 +14,11 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from analyzer.lab.processes import LabError, find_envoy
+from lab.processes import LabError, find_envoy
 
 if TYPE_CHECKING:  # the runner needs the lab extra (websockets); import it only to run
-    from analyzer.lab.runner import Notify, ScenarioResult
-from analyzer.lab.scenarios import SCENARIOS, LogFormat, Scenario, UnknownScenarioError, select
+    from lab.runner import Notify, ScenarioResult
+from lab.scenarios import SCENARIOS, LogFormat, Scenario, UnknownScenarioError, select
 
 app = typer.Typer(
     help="Real Envoy sidecars on 127.0.0.1 producing WebSocket access logs (wslog's ground truth).",
@@ -82,7 +82,7 @@ def run(
 ) -> None:
     """Run scenarios; logs go to OUT/<scenario>/client.log, server.log, client-result.json."""
     try:
-        from analyzer.lab.runner import RunSettings, run_scenarios
+        from lab.runner import RunSettings, run_scenarios
     except ImportError as exc:
         hint = "install the lab extra: pip install -e '.[lab]' from the clone"
         typer.echo(f"error: {exc}; {hint}", err=True)

@@ -15,8 +15,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.http11 import Response
 
-from analyzer.lab.envoy_config import FQDN, SERVICE_PORT
-from analyzer.lab.scenarios import GATEWAY_HOST, ClientMode, Front, Scenario
+from lab.envoy_config import FQDN, SERVICE_PORT
+from lab.scenarios import GATEWAY_HOST, ClientMode, Front, Scenario
 
 MESSAGES = ("hello", "world")
 STEP_TIMEOUT_S = 5.0

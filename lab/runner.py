@@ -15,17 +15,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from analyzer.lab.apps import run_app
-from analyzer.lab.client import ConnectionResult, run_client
-from analyzer.lab.envoy_config import (
+from analyzer.vocab import Hop
+from lab.apps import run_app
+from lab.client import ConnectionResult, run_client
+from lab.envoy_config import (
     Ports,
     app_proxy_bootstrap,
     front_bootstrap,
     server_bootstrap,
 )
-from analyzer.lab.processes import LabError, PortAllocator, Sidecar
-from analyzer.lab.scenarios import Front, LogFormat, Scenario
-from analyzer.vocab import Hop
+from lab.processes import LabError, PortAllocator, Sidecar
+from lab.scenarios import Front, LogFormat, Scenario
 
 LOG_SETTLE_S = 0.3
 POLL_S = 0.05

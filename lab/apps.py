@@ -15,7 +15,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from analyzer.lab.scenarios import AppMode
+from lab.scenarios import AppMode
 
 
 async def _echo(connection: ServerConnection) -> None:
