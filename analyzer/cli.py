@@ -31,7 +31,7 @@ from analyzer.options import log_formats
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
 from analyzer.timerange import TimeRange
 
-__all__ = ["analyze_paths", "analyze_sources"]
+__all__ = ["analyze_paths", "analyze_sources", "command_formats", "expand_paths"]
 
 
 def analyze_paths(
@@ -47,12 +47,9 @@ def analyze_paths(
     time_range: TimeRange | None = None,
 ) -> AnalysisResult:
     """``wslog analyze PATHS``: files, directories, globs or ``-``."""
-    formats = log_formats(log_format, warn=lambda m: typer.echo(f"warning: {m}", err=True))
-    expansion = expand_all(paths)
-    _note_skipped(expansion.skipped)
     return analyze_sources(
-        expansion.sources,
-        formats=formats,
+        expand_paths(paths),
+        formats=command_formats(log_format),
         include_all=include_all,
         keep_query=keep_query,
         strict=strict,
@@ -100,6 +97,18 @@ def analyze_sources(
         include_all=include_all,
         time_range=time_range,
     )
+
+
+def command_formats(log_format: str | None) -> FormatSet:
+    """The formats to decode with; what ``--log-format`` lacks is said on stderr."""
+    return log_formats(log_format, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+
+
+def expand_paths(paths: list[str]) -> list[InputSource]:
+    """The inputs ``paths`` name; files skipped inside directories are noted on stderr."""
+    expansion = expand_all(paths)
+    _note_skipped(expansion.skipped)
+    return expansion.sources
 
 
 def _note_skipped(skipped: list[Path]) -> None:

@@ -9,6 +9,7 @@ client's and the server's entries close together even when the files are given i
 
 from __future__ import annotations
 
+import functools
 import glob
 import gzip
 import heapq
@@ -223,9 +224,10 @@ class SourceReader:
     def done(self) -> bool:
         return self._done
 
-    @property
+    @functools.cached_property
     def size(self) -> int | None:
-        """The file's size in bytes (compressed, for a ``.gz``); None for stdin."""
+        """The file's size in bytes (compressed, for a ``.gz``); None for stdin. Read once:
+        the progress display asks for it after every chunk."""
         if self.source.path is None:
             return None
         try:

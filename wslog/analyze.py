@@ -21,12 +21,12 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from analyzer.cli import analyze_paths, analyze_sources
+from analyzer.cli import analyze_sources, command_formats, expand_paths
 from analyzer.correlate import PAIR_WINDOW_S
 from analyzer.errors import InputError, WslogError
+from analyzer.formats import FormatSet
 from analyzer.inputs import InputSource
 from analyzer.lines import MAX_LINE_BYTES
-from analyzer.options import log_formats
 from analyzer.pipeline import AnalysisResult
 from analyzer.report import render_table, report_console, write_binary
 from analyzer.timerange import BOUND_HELP, TimeRange, parse_bound
@@ -242,10 +242,17 @@ def _check_inputs(paths: list[str], kubernetes: bool, cluster: Cluster) -> None:
 
 
 def _read_files(paths: list[str], reading: Reading) -> AnalysisResult:
+    return _analyse(expand_paths(paths), reading, command_formats(reading.log_format), "inputs")
+
+
+def _analyse(
+    sources: list[InputSource], reading: Reading, formats: FormatSet, unit: str
+) -> AnalysisResult:
+    """The one call both kinds of input end in, with the command's settings."""
     r = reading
-    return analyze_paths(
-        paths,
-        log_format=r.log_format,
+    return analyze_sources(
+        sources,
+        formats=formats,
         include_all=r.include_all,
         keep_query=r.keep_query,
         strict=r.strict,
@@ -253,6 +260,7 @@ def _read_files(paths: list[str], reading: Reading) -> AnalysisResult:
         clock_skew=r.clock_skew,
         max_line_bytes=r.max_line_bytes,
         time_range=r.time_range,
+        unit=unit,
     )
 
 
@@ -260,7 +268,7 @@ def _read_cluster(cluster: Cluster, reading: Reading) -> tuple[AnalysisResult, s
     """Every selected pod's log streamed into the analysis, and what was read (for messages);
     notes on stderr name the pods that had nothing to read."""
     r = reading
-    formats = log_formats(r.log_format, warn=lambda m: typer.echo(f"warning: {m}", err=True))
+    formats = command_formats(r.log_format)  # before any request: a bad format stops here
     with Snapshot(cluster.settings(), since=_ask_since(r)) as snapshot:
         pods = snapshot.pods()
         _note_pods("have not started", snapshot.not_started)
@@ -270,18 +278,8 @@ def _read_cluster(cluster: Cluster, reading: Reading) -> tuple[AnalysisResult, s
                 "-n and -l (kubectl get pods -n NAMESPACE -l SELECTOR), and --context"
             )
         _say_reading(pods, r.time_range)
-        result = analyze_sources(
-            [InputSource(pod.source, opener=snapshot.opener(pod)) for pod in pods],
-            formats=formats,
-            include_all=r.include_all,
-            keep_query=r.keep_query,
-            strict=r.strict,
-            pair_window=r.pair_window,
-            clock_skew=r.clock_skew,
-            max_line_bytes=r.max_line_bytes,
-            time_range=r.time_range,
-            unit="pods",
-        )
+        sources = [InputSource(pod.source, opener=snapshot.opener(pod)) for pod in pods]
+        result = _analyse(sources, r, formats, "pods")
         _note_pods("had no log when read (gone, or not running)", snapshot.no_log)
     return result, f"the {CONTAINER} logs of {len(pods)} pod(s)"
 
