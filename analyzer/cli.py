@@ -1,10 +1,11 @@
 """What ``wslog analyze`` runs: its inputs decoded in time order through the one pipeline, with
 progress on a terminal. The command itself (options, report, exit codes) is ``wslog.analyze``:
-it reads files through ``run`` and a cluster's pods through ``analyze_sources``."""
+both files and a cluster's pods end in ``analyze_sources``, with one ``AnalysisOptions``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from analyzer.correlate import PAIR_WINDOW_S, CorrelationSettings
+from analyzer.correlate import PAIR_WINDOW_S, CorrelationSettings, window_problems
 from analyzer.decode import Decoded
 from analyzer.formats import FormatSet
 from analyzer.inputs import BLOCK_BYTES, InputSet, InputSource, expand_all
@@ -31,71 +32,72 @@ from analyzer.options import log_formats
 from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
 from analyzer.timerange import TimeRange
 
-__all__ = ["analyze_paths", "analyze_sources", "command_formats", "expand_paths"]
+__all__ = ["AnalysisOptions", "analyze_paths", "analyze_sources", "command_formats", "expand_paths"]
 
 
-def analyze_paths(
-    paths: list[str],
-    *,
-    log_format: str | None = None,
-    include_all: bool = False,
-    keep_query: bool = False,
-    strict: bool = False,
-    pair_window: float = PAIR_WINDOW_S,
-    clock_skew: float = 1.0,
-    max_line_bytes: int = MAX_LINE_BYTES,
-    time_range: TimeRange | None = None,
-) -> AnalysisResult:
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How ``wslog analyze`` reads and joins its inputs, whatever they are (files, a cluster's
+    pods, a test's streams): one value for the command, the doctor and the tests. The flag of
+    each field is named beside it."""
+
+    log_format: str | None = None  # --log-format
+    include_all: bool = False  # --all
+    keep_query: bool = False  # --keep-query
+    strict: bool = False  # --strict
+    pair_window: float = PAIR_WINDOW_S  # --pair-window
+    clock_skew: float = 1.0  # --clock-skew
+    max_line_bytes: int = MAX_LINE_BYTES  # --max-line-bytes
+    time_range: TimeRange | None = None  # --since, --until
+
+    def problems(self) -> list[str]:
+        """Every option that is wrong, each with what a good value looks like."""
+        problems = window_problems(self.pair_window, self.clock_skew)
+        if self.max_line_bytes < 1:
+            problems.append("--max-line-bytes must be at least 1")
+        return problems
+
+
+def analyze_paths(paths: list[str], options: AnalysisOptions | None = None) -> AnalysisResult:
     """``wslog analyze PATHS``: files, directories, globs or ``-``."""
-    return analyze_sources(
-        expand_paths(paths),
-        formats=command_formats(log_format),
-        include_all=include_all,
-        keep_query=keep_query,
-        strict=strict,
-        pair_window=pair_window,
-        clock_skew=clock_skew,
-        max_line_bytes=max_line_bytes,
-        time_range=time_range,
-    )
+    return analyze_sources(expand_paths(paths), options)
 
 
 def analyze_sources(
     sources: Sequence[InputSource],
+    options: AnalysisOptions | None = None,
     *,
-    formats: FormatSet,
-    include_all: bool = False,
-    keep_query: bool = False,
-    strict: bool = False,
-    pair_window: float = PAIR_WINDOW_S,
-    clock_skew: float = 1.0,
-    max_line_bytes: int = MAX_LINE_BYTES,
-    time_range: TimeRange | None = None,
+    formats: FormatSet | None = None,
     unit: str = "inputs",
     block_bytes: int = BLOCK_BYTES,
     stdin: BinaryIO | None = None,
 ) -> AnalysisResult:
-    """Every source decoded in time order through one pipeline; ``unit`` names the sources in
-    the progress shown on a terminal (e.g. ``pods``); ``stdin`` is what ``-`` reads."""
+    """Every source decoded in time order through one pipeline. ``formats`` are those of
+    ``options.log_format`` unless given (a caller that must fail on a bad format before
+    reading anything builds them first); ``unit`` names the sources in the progress shown on
+    a terminal (e.g. ``pods``); ``stdin`` is what ``-`` reads."""
+    options = options or AnalysisOptions()
+    formats = formats or command_formats(options.log_format)
     inputs = InputSet(
         sources,
         formats,
-        strict=strict,
-        max_line_bytes=max_line_bytes,
+        strict=options.strict,
+        max_line_bytes=options.max_line_bytes,
         block_bytes=block_bytes,
         stdin=stdin,
     )
     settings = CorrelationSettings(
-        window=timedelta(seconds=pair_window), clock_skew=timedelta(seconds=clock_skew)
+        window=timedelta(seconds=options.pair_window),
+        clock_skew=timedelta(seconds=options.clock_skew),
     )
-    pipeline = Pipeline(formats=formats, settings=settings, keep_query=keep_query)
+    pipeline = Pipeline(formats=formats, settings=settings, keep_query=options.keep_query)
     chunks = _with_progress(inputs, unit)
     return analyze_chunks(
         chunks,
         inputs.low_watermark,
         pipeline=pipeline,
-        include_all=include_all,
-        time_range=time_range,
+        include_all=options.include_all,
+        time_range=options.time_range,
     )
 
 

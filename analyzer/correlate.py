@@ -68,6 +68,18 @@ PENDING_SCHEMA = {**ENTRY_SCHEMA, **ANNOTATION_SCHEMA}
 
 
 PAIR_WINDOW_S = 10.0  # --pair-window's default in every command
+MAX_PAIR_WINDOW_S = 3600.0  # an hour: both sidecars log a connection within ms of each other
+MAX_CLOCK_SKEW_S = 300.0
+
+
+def window_problems(pair_window_s: float, clock_skew_s: float) -> list[str]:
+    """What is wrong with ``--pair-window`` and ``--clock-skew``, the same in every command."""
+    problems = []
+    if not 0 < pair_window_s <= MAX_PAIR_WINDOW_S:
+        problems.append(f"--pair-window must be in (0, {MAX_PAIR_WINDOW_S:g}] seconds")
+    if not 0 <= clock_skew_s <= MAX_CLOCK_SKEW_S:
+        problems.append(f"--clock-skew must be in [0, {MAX_CLOCK_SKEW_S:g}] seconds")
+    return problems
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,8 @@ from typing import Literal
 
 from analyzer.lines import LineAssembler, Overlong
 from exporter.filestate import Checkpoint, SavedState, StateStore, fingerprint
-from exporter.sources import FileSettings, RestartReason, Sink, SourceEvents, emit, lines_of
+from exporter.settings import FileSettings
+from exporter.sources import RestartReason, Sink, SourceEvents, emit, lines_of
 
 __all__ = ["FileFollower", "FileSource"]
 

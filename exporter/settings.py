@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 
+from analyzer.correlate import window_problems
 from analyzer.errors import WslogError
 from analyzer.lines import MAX_LINE_BYTES
 
@@ -49,6 +50,62 @@ class PipelineSettings:
     log_format: str | None
     max_line_bytes: int = MAX_LINE_BYTES
     max_buffered_bytes: int = 8 << 20
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Where and how the kubernetes source discovers and follows istio-proxy containers."""
+
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    label_selector: str = ""
+    container: str = "istio-proxy"
+    since_seconds: int | None = None  # None: from now (only lines written after start)
+    kubeconfig: str | None = None  # None: in-cluster config, else the default kubeconfig
+    context: str | None = None
+    in_cluster: bool | None = None  # None: in-cluster when running in a pod, else kubeconfig
+    max_concurrent_streams: int = 64
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    request_timeout_s: float = 30.0  # connect timeout, and read timeout of list requests
+    stream_idle_timeout_s: float = 900.0  # reopen a log stream silent for this long
+    watch_timeout_s: int = 300  # server-side timeoutSeconds of each watch
+    deleted_grace_s: float = 10.0  # keep reading a deleted pod's stream this long at most
+    chunk_max_lines: int = 1000
+    max_line_bytes: int = MAX_LINE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_streams < 1:
+            raise ValueError("max_concurrent_streams must be at least 1")
+        if not 0 < self.backoff_initial_s <= self.backoff_max_s:
+            raise ValueError("backoff bounds must satisfy 0 < initial <= max")
+        if self.since_seconds is not None and self.since_seconds < 0:
+            raise ValueError("since_seconds must not be negative")
+        if not self.container:
+            raise ValueError("container name must not be empty")
+
+
+@dataclass(frozen=True)
+class FileSettings:
+    """Which node-local or saved files the files source follows, and how."""
+
+    globs: tuple[str, ...]
+    from_start: bool = False
+    poll_interval_s: float = 0.25
+    once: bool = False  # replay: read every matched file to its end, then return
+    framing: str | None = None  # None: detect (CRI under /var/log/pods, else plain)
+    read_size: int = 1 << 20  # bytes read and handed over at a time: bounds the memory used
+    chunk_max_lines: int = 1000
+    max_line_bytes: int = MAX_LINE_BYTES
+    state_dir: str | None = None  # keep read positions here across restarts (exporter.filestate)
+    state_interval_s: float = 2.0  # save them at most this often (and at a clean stop)
+
+    def __post_init__(self) -> None:
+        if not self.globs:
+            raise ValueError("at least one path or glob is required")
+        if self.poll_interval_s <= 0:
+            raise ValueError("poll_interval_s must be positive")
+        if self.read_size < 1 or self.state_interval_s <= 0:
+            raise ValueError("read_size and state_interval_s must be positive")
 
 
 # The command's defaults where they differ from an embedded server's (tests, benchmarks), which
@@ -90,9 +147,7 @@ def check(problems: list[str], ok: bool, message: str) -> None:
 def validate_pipeline(
     pair_window_s: float, clock_skew_s: float, max_pending: int, batch_interval_s: float
 ) -> list[str]:
-    problems: list[str] = []
-    check(problems, 0 < pair_window_s <= 3600, "--pair-window must be in (0, 3600] seconds")
-    check(problems, 0 <= clock_skew_s <= 300, "--clock-skew must be in [0, 300] seconds")
+    problems = window_problems(pair_window_s, clock_skew_s)
     check(problems, max_pending >= 100, "--max-pending must be at least 100 entries")
     check(problems, 0 < batch_interval_s <= 60, "--batch-interval must be in (0, 60] seconds")
     return problems

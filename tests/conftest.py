@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -39,6 +41,22 @@ def golden(path: Path, actual: bytes) -> bytes:
         path.write_bytes(actual)
     assert path.exists(), f"no golden file {path}: run with {UPDATE_GOLDEN}=1"
     return path.read_bytes()
+
+
+def run_wslog(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m wslog ARGS`` from the clone, as a user runs it (stdin empty), its output
+    captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "wslog", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 ENTRIES = ("client", "server", "unsided")

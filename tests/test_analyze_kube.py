@@ -12,7 +12,6 @@ import json
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from analyzer.errors import WslogError
 from analyzer.timerange import TimeRange, parse_bound
-from tests.conftest import ROOT, TESTDATA
+from tests.conftest import TESTDATA, run_wslog
 from tests.fake_k8s import FakeKube, parse_rfc3339
 
 LAB = TESTDATA / "lab" / "json"
@@ -43,18 +42,8 @@ def kube() -> Iterator[FakeKube]:
         yield fake
 
 
-def wslog(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wslog", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=90,
-    )
-
-
 def from_cluster(kube: FakeKube, *args: str) -> subprocess.CompletedProcess[str]:
-    return wslog("analyze", "--kubernetes", "--kubeconfig", kube.kubeconfig_path, *args)
+    return run_wslog("analyze", "--kubernetes", "--kubeconfig", kube.kubeconfig_path, *args)
 
 
 def lab(name: str, side: str) -> list[str]:
@@ -136,7 +125,7 @@ def test_two_pods_logs_give_the_flagship_verdict_their_saved_files_give(kube: Fa
     kube.add_pod(NS, SERVER, {"app": "websockets-server"}, lines=lab(FLAGSHIP, "server"))
 
     cluster = from_cluster(kube, "--format", "json")
-    files = wslog(
+    files = run_wslog(
         "analyze",
         str(LAB / FLAGSHIP / "client.log"),
         str(LAB / FLAGSHIP / "server.log"),
@@ -247,9 +236,9 @@ def _three_connections(tmp_path: Path, now: datetime) -> list[str]:
 def test_since_and_until_pick_saved_connections_and_count_the_rest(tmp_path: Path) -> None:
     files = _three_connections(tmp_path, datetime.now(UTC))
 
-    window = wslog("analyze", *files, "--since", "2h", "--until", "1h", "-f", "json")
-    table = wslog("analyze", *files, "--since", "2h", "--until", "1h")
-    recent = wslog("analyze", *files, "--since", "30m", "-f", "json")
+    window = run_wslog("analyze", *files, "--since", "2h", "--until", "1h", "-f", "json")
+    table = run_wslog("analyze", *files, "--since", "2h", "--until", "1h")
+    recent = run_wslog("analyze", *files, "--since", "30m", "-f", "json")
 
     assert (window.returncode, table.returncode, recent.returncode) == (0, 0, 0), window.stderr
     document = report(window)
@@ -270,9 +259,9 @@ def test_a_connection_still_open_at_since_is_kept_and_one_closed_before_is_not()
     files = [str(LAB / FLAGSHIP / "client.log"), str(LAB / FLAGSHIP / "server.log")]
     gate = ("--fail-on", "h2-connect-not-allowed")
 
-    open_then = wslog("analyze", *files, "--since", "2026-11-26T00:13:29Z", *gate)
-    closed = wslog("analyze", *files, "--since", "2026-11-26T00:13:29.300Z", *gate)
-    bad = wslog("analyze", *files, "--since", "yesterday")
+    open_then = run_wslog("analyze", *files, "--since", "2026-11-26T00:13:29Z", *gate)
+    closed = run_wslog("analyze", *files, "--since", "2026-11-26T00:13:29.300Z", *gate)
+    bad = run_wslog("analyze", *files, "--since", "yesterday")
 
     assert open_then.returncode == 1, open_then.stderr
     assert closed.returncode == 2, closed.stderr
@@ -382,9 +371,9 @@ def test_no_cluster_to_talk_to_exits_2_saying_what_to_pass(tmp_path: Path) -> No
     unreachable = tmp_path / "kubeconfig"
     unreachable.write_text(json.dumps(config))
 
-    down = wslog("analyze", "--kubernetes", "--kubeconfig", str(unreachable))
-    missing = wslog("analyze", "--kubernetes", "--kubeconfig", str(tmp_path / "nope"))
-    no_context = wslog(
+    down = run_wslog("analyze", "--kubernetes", "--kubeconfig", str(unreachable))
+    missing = run_wslog("analyze", "--kubernetes", "--kubeconfig", str(tmp_path / "nope"))
+    no_context = run_wslog(
         "analyze", "--kubernetes", "--kubeconfig", str(unreachable), "--context", "prod"
     )
 
@@ -396,8 +385,8 @@ def test_no_cluster_to_talk_to_exits_2_saying_what_to_pass(tmp_path: Path) -> No
 
 
 def test_cluster_options_without_kubernetes_are_refused() -> None:
-    result = wslog("analyze", str(LAB / FLAGSHIP / "client.log"), "-n", NS, "-l", "app=x")
-    both = wslog("analyze", "--kubernetes", str(LAB / FLAGSHIP / "client.log"))
+    result = run_wslog("analyze", str(LAB / FLAGSHIP / "client.log"), "-n", NS, "-l", "app=x")
+    both = run_wslog("analyze", "--kubernetes", str(LAB / FLAGSHIP / "client.log"))
 
     assert (result.returncode, both.returncode) == (2, 2)
     assert "--namespace, --selector: only with --kubernetes" in result.stderr

@@ -11,7 +11,7 @@ import orjson
 import polars as pl
 import pytest
 
-from analyzer.cli import analyze_paths
+from analyzer.cli import AnalysisOptions, analyze_paths
 from analyzer.report import to_json
 from tests.conftest import ROOT, TESTDATA, golden
 
@@ -58,7 +58,9 @@ def analyse(paths: list[str], include_all: bool = False, window: float = 60.0) -
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        return analyze_paths(paths, include_all=include_all, pair_window=window).connections
+        return analyze_paths(
+            paths, AnalysisOptions(include_all=include_all, pair_window=window)
+        ).connections
     finally:
         os.chdir(cwd)
 
@@ -123,7 +125,9 @@ def _golden_document(fmt: str, scenario: str) -> bytes:
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        result = analyze_paths(logs(fmt, scenario), include_all=True, pair_window=60.0)
+        result = analyze_paths(
+            logs(fmt, scenario), AnalysisOptions(include_all=True, pair_window=60.0)
+        )
     finally:
         os.chdir(cwd)
     return to_json(result) + b"\n"

@@ -16,8 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from analyzer.cli import analyze_sources
-from analyzer.formats import default_formats
+from analyzer.cli import AnalysisOptions, analyze_sources
 from analyzer.inputs import InputSource
 from analyzer.pipeline import AnalysisResult
 from analyzer.vocab import LineResult
@@ -41,9 +40,8 @@ def analyse(files: list[Path], block_bytes: int, stdin: bytes | None = None) -> 
     """``files``, or ``stdin`` as the one input ``-``, as ``wslog analyze`` reads them."""
     sources = [InputSource(str(p), p) for p in files] if stdin is None else [InputSource("-")]
     stream = None if stdin is None else io.BytesIO(stdin)
-    return analyze_sources(
-        sources, formats=default_formats(), include_all=True, block_bytes=block_bytes, stdin=stream
-    )
+    options = AnalysisOptions(include_all=True)
+    return analyze_sources(sources, options, block_bytes=block_bytes, stdin=stream)
 
 
 def key(result: AnalysisResult) -> pl.DataFrame:

@@ -9,21 +9,11 @@ from importlib.metadata import version
 
 import pytest
 
-from tests.conftest import ROOT
-
-
-def wslog(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wslog", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+from tests.conftest import ROOT, run_wslog
 
 
 def test_version_flag_prints_the_installed_version() -> None:
-    result = wslog("--version")
+    result = run_wslog("--version")
     assert (result.returncode, result.stdout.strip()) == (0, f"wslog {version('wslog')}")
 
 
@@ -31,7 +21,7 @@ def test_version_flag_prints_the_installed_version() -> None:
     "command", [[], ["analyze"], ["exporter"], ["tail"], ["doctor"], ["lab"], ["lab", "run"]]
 )
 def test_dash_h_is_help_everywhere(command: list[str]) -> None:
-    result = wslog(*command, "-h")
+    result = run_wslog(*command, "-h")
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
     assert "<bool>" not in result.stdout  # a flag takes no value: never invite --flag true
@@ -61,10 +51,10 @@ def test_every_flag_of_the_long_running_commands_has_an_environment_variable(
 
 def test_the_pair_window_has_one_name_and_the_old_one_still_works_with_a_note() -> None:
     logs = str(ROOT / "testdata" / "lab" / "json" / "h1")
-    new = wslog("analyze", logs, "--pair-window", "5", "-f", "json")
-    old = wslog("analyze", logs, "--window", "5", "-f", "json")
+    new = run_wslog("analyze", logs, "--pair-window", "5", "-f", "json")
+    old = run_wslog("analyze", logs, "--window", "5", "-f", "json")
     assert new.returncode == old.returncode == 0
     assert old.stdout == new.stdout
     assert "--window is deprecated: use --pair-window" in old.stderr
     for command in ("analyze", "exporter", "tail"):
-        assert "--pair-window" in wslog(command, "--help").stdout
+        assert "--pair-window" in run_wslog(command, "--help").stdout

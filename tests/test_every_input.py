@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analyzer.cli import analyze_paths
+from analyzer.cli import AnalysisOptions, analyze_paths
 from tests.conftest import TESTDATA
 
 INPUTS = sorted(
@@ -21,7 +21,7 @@ INPUTS = sorted(
 
 @pytest.mark.parametrize("path", INPUTS, ids=lambda p: str(p.relative_to(TESTDATA)))
 def test_every_line_counted_once_and_every_connection_keeps_its_entry(path: Path) -> None:
-    result = analyze_paths([str(path)], include_all=True)
+    result = analyze_paths([str(path)], AnalysisOptions(include_all=True))
     text = b"".join(p.read_bytes() for p in ([path] if path.is_file() else path.glob("*.log")))
     lines = text.count(b"\n") + (0 if not text or text.endswith(b"\n") else 1)
     # total_lines is entries + not_access_log + malformed: each physical line in exactly one

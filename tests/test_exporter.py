@@ -21,14 +21,14 @@ import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from analyzer.cli import analyze_paths
+from analyzer.cli import AnalysisOptions, analyze_paths
 from analyzer.formats import default_formats
 from exporter.files import FileSource
 from exporter.metrics import CONNECTION_LABELS, UNKNOWN
 from exporter.run import run_exporter
-from exporter.settings import ExporterSettings, Listen, PipelineSettings, SourceKind
-from exporter.sources import FileSettings, Source, StdinSource
-from tests.conftest import ROOT, TESTDATA
+from exporter.settings import ExporterSettings, FileSettings, Listen, PipelineSettings, SourceKind
+from exporter.sources import Source, StdinSource
+from tests.conftest import ROOT, TESTDATA, run_wslog
 
 DEADLINE_S = 60
 Samples = dict[
@@ -210,7 +210,7 @@ def test_series_cap_folds_labels_and_counts_the_overflow() -> None:
 
 def test_no_label_carries_a_path_an_id_or_an_address() -> None:
     paths = lab_logs("json")
-    result = analyze_paths(paths, include_all=True, keep_query=True).connections
+    result = analyze_paths(paths, AnalysisOptions(include_all=True, keep_query=True)).connections
     forbidden = set(result.get_column("request_id").drop_nulls())
     forbidden |= set(result.get_column("path").drop_nulls())
     for side in ("client", "server"):
@@ -340,14 +340,37 @@ def test_cli_serves_endpoints_and_stops_cleanly_on_sigterm() -> None:
     ],
 )
 def test_bad_settings_exit_2_with_the_fix(args: list[str], message: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "wslog", "exporter", *args],
-        capture_output=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    proc = run_wslog("exporter", *args)
     assert proc.returncode == 2
-    assert message in proc.stderr.decode()
+    assert message in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "messages"),
+    [
+        (
+            ["exporter", "--source", "files", "--listen", "nowhere", "--max-series", "0"],
+            ["--path", "HOST:PORT", "--max-series"],
+        ),
+        (
+            ["tail", "--source", "stdin", "--outcome", "bogus", "--max-streams", "0"],
+            ["--outcome bogus", "--max-streams"],
+        ),
+        (
+            ["exporter", "--pair-window", "0", "--since", "-1", "--state-dir", "s"],
+            ["--pair-window", "--since", "--state-dir"],
+        ),
+    ],
+)
+def test_every_bad_flag_is_reported_at_once(args: list[str], messages: list[str]) -> None:
+    """One run names every problem, shared flags and the command's own alike: a user fixes
+    them all before the next try."""
+    proc = run_wslog(*args)
+    assert proc.returncode == 2, proc.stderr
+    listed = proc.stderr.splitlines()[1:]
+    assert len(listed) == len(messages), proc.stderr
+    for message in messages:
+        assert sum(message in line for line in listed) == 1, (message, proc.stderr)
 
 
 def test_client_chosen_hosts_never_become_labels(tmp_path: Path) -> None:

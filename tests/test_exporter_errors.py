@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_wslog
 
 
 def without_credentials(home: Path) -> dict[str, str]:
@@ -22,24 +22,12 @@ def without_credentials(home: Path) -> dict[str, str]:
     return {**env, "HOME": str(home)}
 
 
-def wslog(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wslog", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = wslog("exporter", "--source", "stdin", "--listen", f"127.0.0.1:{port}")
+        result = run_wslog("exporter", "--source", "stdin", "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 2
     assert f"--listen 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "another process listens there" in result.stderr
@@ -47,14 +35,14 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_an_address_this_machine_lacks_is_one_line_and_exit_2() -> None:
-    result = wslog("exporter", "--source", "stdin", "--listen", "192.0.2.1:9090")  # TEST-NET-1
+    result = run_wslog("exporter", "--source", "stdin", "--listen", "192.0.2.1:9090")  # TEST-NET-1
     assert result.returncode == 2
     assert "no such address: use 0.0.0.0" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_tail_without_credentials_exits_2_with_the_ways_out(tmp_path: Path) -> None:
-    result = wslog("tail", env=without_credentials(tmp_path))
+    result = run_wslog("tail", env=without_credentials(tmp_path))
     assert result.returncode == 2
     for fix in ("--kubeconfig", "--context", "--source files", "--source stdin"):
         assert fix in result.stderr
@@ -131,7 +119,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 def test_tail_in_a_pipe_prints_whole_lines_and_explains_failures_at_the_end() -> None:
     logs = str(ROOT / "testdata" / "lab" / "json" / "h2-no-allow-connect" / "*.log")
-    result = wslog("tail", "--source", "files", "--path", logs, "--from-start", "--once")
+    result = run_wslog("tail", "--source", "files", "--path", logs, "--from-start", "--once")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].endswith("h1-h2 failed h2-connect-not-allowed paired 1004ms 95B")
@@ -141,6 +129,6 @@ def test_tail_in_a_pipe_prints_whole_lines_and_explains_failures_at_the_end() ->
 
 
 def test_an_unknown_outcome_lists_the_choices() -> None:
-    result = wslog("tail", "--outcome", "bogus")
+    result = run_wslog("tail", "--outcome", "bogus")
     assert result.returncode == 2
     assert "choose from upgraded, rejected, failed, open" in result.stderr

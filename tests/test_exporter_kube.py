@@ -20,8 +20,7 @@ from analyzer.formats import default_formats
 from exporter.kube import KubeSource
 from exporter.metrics import CONNECTION_LABELS, UNKNOWN
 from exporter.run import run_exporter
-from exporter.settings import ExporterSettings, Listen, PipelineSettings, SourceKind
-from exporter.sources import KubeSettings
+from exporter.settings import ExporterSettings, KubeSettings, Listen, PipelineSettings, SourceKind
 from tests.conftest import TESTDATA
 from tests.fake_k8s import FakeKube
 from tests.test_exporter import Samples, counted_connections, scrape, total

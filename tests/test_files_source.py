@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from exporter.files import FileSource
-from exporter.sources import Chunk, FileSettings
+from exporter.settings import FileSettings
+from exporter.sources import Chunk
 from tests.fake_k8s import Recorder, wait
 
 pytestmark = pytest.mark.timeout(30)

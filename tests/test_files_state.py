@@ -25,7 +25,7 @@ from exporter.filestate import (
     decode,
     encode,
 )
-from exporter.sources import FileSettings
+from exporter.settings import FileSettings
 from tests.fake_k8s import Recorder, wait
 
 pytestmark = pytest.mark.timeout(60)

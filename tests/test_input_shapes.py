@@ -17,7 +17,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from analyzer.cli import analyze_sources
+from analyzer.cli import AnalysisOptions, analyze_sources
 from analyzer.decode import decode
 from analyzer.formats import default_formats
 from analyzer.inputs import InputSource
@@ -85,9 +85,8 @@ def analyse(files: list[list[str]], block_bytes: int, *, stdin: bool = False) ->
             for i, blob in enumerate(blobs)
         ]
         stream = None
-    return analyze_sources(
-        sources, formats=default_formats(), include_all=True, block_bytes=block_bytes, stdin=stream
-    )
+    options = AnalysisOptions(include_all=True)
+    return analyze_sources(sources, options, block_bytes=block_bytes, stdin=stream)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

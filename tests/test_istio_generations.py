@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from analyzer.cli import analyze_paths
+from analyzer.cli import AnalysisOptions, analyze_paths
 from analyzer.istio_formats import ISTIO_TEXT_FORMATS
 from analyzer.report import to_json
 from analyzer.vocab import LineResult
@@ -96,7 +96,7 @@ def test_each_generation_decodes_and_pairs(name: str, monkeypatch: pytest.Monkey
     path = LINES.relative_to(ROOT) / f"{name}.log"
     decoded = decode_bytes(path.read_bytes())
     assert set(decoded.entries.get_column("format")) == {READ_AS.get(name, name)}
-    result = analyze_paths([str(path)], include_all=True, strict=True)
+    result = analyze_paths([str(path)], AnalysisOptions(include_all=True, strict=True))
     assert result.lines[LineResult.ENTRY] == 2, "--strict: no line may be malformed"
     (conn,) = result.connections.to_dicts()
     assert (conn["outcome"], conn["pairing"], conn["response_code"]) == ("upgraded", "paired", 101)
@@ -107,6 +107,8 @@ def test_each_generation_decodes_and_pairs(name: str, monkeypatch: pytest.Monkey
 def test_the_1_0_tcp_format_decodes_tcp_proxy_entries(tmp_path: Path) -> None:
     tcp = render(ISTIO_TEXT_FORMATS["istio-text-1.0-tcp"], {**CLIENT, "RESPONSE_FLAGS": "-"})
     (tmp_path / "tcp.log").write_text(tcp + "\n")
-    result = analyze_paths([str(tmp_path / "tcp.log")], include_all=True, strict=True)
+    result = analyze_paths(
+        [str(tmp_path / "tcp.log")], AnalysisOptions(include_all=True, strict=True)
+    )
     assert result.lines[LineResult.ENTRY] == 1
     assert result.connections.height == 0 and result.non_http == 1

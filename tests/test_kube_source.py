@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from exporter.kube import Cursor, KubeSource, Resume, parse_timestamp, since_time
-from exporter.sources import KubeSettings
+from exporter.settings import KubeSettings
 from tests.fake_k8s import FakeKube, Recorder, format_rfc3339nano, wait
 
 pytestmark = pytest.mark.timeout(30)

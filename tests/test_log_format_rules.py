@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from lab import envoy_config as ec
 from lab import processes
 from lab.processes import EnvoyNotFoundError, PortAllocator, Sidecar
 from lab.scenarios import BY_NAME, LogFormat
-from tests.conftest import ROOT
+from tests.conftest import run_wslog
 from tests.test_decode import decode_lines
 
 EXTENSIONS = {"REQ_WITHOUT_QUERY", "FILE_CONTENT", "SECRET"}
@@ -304,10 +303,7 @@ def test_log_formats_warns_only_of_the_given_format_through_the_wslog_logger() -
 def _analyze(tmp_path: Path, fmt: str) -> subprocess.CompletedProcess[str]:
     log = tmp_path / "a.log"
     log.write_text("[2026-01-01T00:00:00.000Z] 200\n")
-    command = [sys.executable, "-m", "wslog", "analyze", "--log-format", fmt, str(log)]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=60, check=False, cwd=ROOT
-    )
+    return run_wslog("analyze", "--log-format", fmt, str(log))
 
 
 def test_analyze_refuses_an_unknown_operator_with_exit_2(tmp_path: Path) -> None:

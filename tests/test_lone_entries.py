@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from analyzer.cli import analyze_paths
+from analyzer.cli import AnalysisOptions, analyze_paths
 from analyzer.report import failures
 from analyzer.vocab import LineResult
 from tests.conftest import TESTDATA
@@ -45,7 +45,7 @@ EDGE_200 = (
 def analyse(tmp_path: Path, name: str, *lines: str) -> list[dict[str, Any]]:
     log = tmp_path / name
     log.write_text("".join(f"{line}\n" for line in lines))
-    result = analyze_paths([str(log)], include_all=True, strict=True)
+    result = analyze_paths([str(log)], AnalysisOptions(include_all=True, strict=True))
     assert result.lines[LineResult.ENTRY] == len(lines)
     return result.connections.to_dicts()
 
@@ -101,7 +101,7 @@ def test_the_mtls_sni_names_the_destination_when_the_cluster_does_not(tmp_path: 
 def _failure(tmp_path: Path, name: str, *lines: str) -> dict[str, object]:
     log = tmp_path / name
     log.write_text("".join(f"{line}\n" for line in lines))
-    (record,) = failures(analyze_paths([str(log)], include_all=True).connections)
+    (record,) = failures(analyze_paths([str(log)], AnalysisOptions(include_all=True)).connections)
     return record
 
 

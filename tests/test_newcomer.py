@@ -12,24 +12,14 @@ import sys
 import zlib
 from pathlib import Path
 
-from tests.conftest import ROOT, TESTDATA
+from tests.conftest import ROOT, TESTDATA, run_wslog
 
 BROKEN = TESTDATA / "lab" / "json" / "h2-no-allow-connect"
 REQUEST_ID = "308739e3-a3e8-42a2-bab1-5c2c2fb20047"
 
 
-def analyze(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wslog", "analyze", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-
-
 def test_the_report_in_a_pipe_keeps_ids_and_sentences_whole() -> None:
-    result = analyze(str(BROKEN), "--connections")
+    result = run_wslog("analyze", str(BROKEN), "--connections")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert sum(REQUEST_ID in line for line in lines) == 2  # the failure's example and its row
@@ -39,7 +29,7 @@ def test_the_report_in_a_pipe_keeps_ids_and_sentences_whole() -> None:
 
 
 def test_a_gate_names_the_connections_that_tripped_it() -> None:
-    result = analyze(str(BROKEN), "--fail-on", "h2-connect-not-allowed")
+    result = run_wslog("analyze", str(BROKEN), "--fail-on", "h2-connect-not-allowed")
     assert result.returncode == 1
     assert "--fail-on tripped by 1 failed/h2-connect-not-allowed" in result.stderr
     assert "websockets-server.default.svc.cluster.local" in result.stderr
@@ -52,10 +42,10 @@ def test_nothing_readable_is_said_and_a_gate_on_it_exits_2(tmp_path: Path) -> No
     empty_file.touch()
     binary.write_bytes(bytes(range(256)) * 20)
     for path in (empty_dir, empty_file, binary):
-        result = analyze(str(path))
+        result = run_wslog("analyze", str(path))
         assert result.returncode == 0
         assert "nothing was analysed" in result.stderr, path
-        gated = analyze(str(path), "--fail-on", "failed")
+        gated = run_wslog("analyze", str(path), "--fail-on", "failed")
         assert gated.returncode == 2
         assert "--fail-on checked nothing" in gated.stderr
 
@@ -74,7 +64,7 @@ def test_a_truncated_gzip_keeps_every_complete_line_zlib_gives(tmp_path: Path) -
     readable = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(cut)
     complete = readable.count(b"\n")
     assert 5 < complete < 20
-    result = analyze(str(log), "-f", "json")
+    result = run_wslog("analyze", str(log), "-f", "json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["lines"]["entries"] == complete

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from analyzer.cli import analyze_paths
+from analyzer.cli import AnalysisOptions, analyze_paths
 from analyzer.decode import decode
 from analyzer.formats import default_formats
 from analyzer.schema import LINE_SCHEMA, conform
@@ -29,7 +29,7 @@ def test_elided_excerpts_are_malformed_with_file_and_line(tmp_path: Path) -> Non
     assert len(lines) == 4
     log = tmp_path / "walkthrough.log"
     log.write_text("\n".join(lines) + "\n")
-    result = analyze_paths([str(log)], include_all=True)
+    result = analyze_paths([str(log)], AnalysisOptions(include_all=True))
     assert result.lines[LineResult.MALFORMED] == 4
     assert result.connections.height == 0
     assert result.reject_examples.get_column("line_no").to_list() == [1, 2, 3, 4]

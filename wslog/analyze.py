@@ -3,8 +3,8 @@ now), one explained row per WebSocket out.
 
 The command lives in the composition root because ``--kubernetes`` reads pods through
 ``exporter.kube`` (the only package that talks to Kubernetes), which the analyzer must not
-import; files go through ``analyzer.cli.run``, pods through ``analyzer.cli.analyze_sources``,
-so both print the same report from the same pipeline.
+import; files and pods both go through ``analyzer.cli.analyze_sources`` with one
+``AnalysisOptions``, so both print the same report from the same pipeline.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from analyzer.cli import analyze_sources, command_formats, expand_paths
+from analyzer.cli import AnalysisOptions, analyze_paths, analyze_sources, command_formats
 from analyzer.correlate import PAIR_WINDOW_S
 from analyzer.errors import InputError, WslogError
-from analyzer.formats import FormatSet
 from analyzer.inputs import InputSource
 from analyzer.lines import MAX_LINE_BYTES
 from analyzer.pipeline import AnalysisResult
@@ -32,7 +31,7 @@ from analyzer.report import render_table, report_console, write_binary
 from analyzer.timerange import BOUND_HELP, TimeRange, parse_bound
 from analyzer.vocab import Cause, LineResult, Outcome
 from exporter.kube.snapshot import PodLog, Snapshot
-from exporter.sources import KubeSettings
+from exporter.settings import KubeSettings
 
 CONTAINER = "istio-proxy"
 PREFETCH = 8  # pods whose log requests are sent ahead while the analysis reads one
@@ -182,44 +181,30 @@ def analyze(
         typer.echo("wslog analyze: --window is deprecated: use --pair-window", err=True)
         pair_window = window
     with _errors():
-        checks = _check_options(fail_on or [], pair_window, clock_skew, output_format, output)
-        if max_line_bytes < 1:
-            raise WslogError("--max-line-bytes must be at least 1")
-        _check_inputs(paths or [], kubernetes, cluster)
-        reading = Reading(
-            log_format,
-            include_all,
-            keep_query,
-            strict,
-            pair_window,
-            clock_skew,
-            max_line_bytes,
-            _time_range(since, until),
+        checks = _check_options(fail_on or [], output_format, output)
+        options = AnalysisOptions(
+            log_format=log_format,
+            include_all=include_all,
+            keep_query=keep_query,
+            strict=strict,
+            pair_window=pair_window,
+            clock_skew=clock_skew,
+            max_line_bytes=max_line_bytes,
+            time_range=_time_range(since, until),
         )
+        if problems := options.problems():
+            raise WslogError("; ".join(problems))
+        _check_inputs(paths or [], kubernetes, cluster)
         if kubernetes:
-            result, where = _read_cluster(cluster, reading)
+            result, where = _read_cluster(cluster, options)
         else:
-            result, where = _read_files(paths or [], reading), " ".join(paths or [])
+            result, where = analyze_paths(paths or [], options), " ".join(paths or [])
     _write(result, output_format, output, connections)
     nothing_in_range = result.connections.height == 0 and result.outside_range > 0
     if result.lines[LineResult.ENTRY] == 0 or nothing_in_range:
         _say_nothing_read(result, where, gate=bool(checks))
     if _should_fail(result, checks):
         raise typer.Exit(1)
-
-
-@dataclass(frozen=True)
-class Reading:
-    """How the logs are read and analysed, whatever their source."""
-
-    log_format: str | None
-    include_all: bool
-    keep_query: bool
-    strict: bool
-    pair_window: float
-    clock_skew: float
-    max_line_bytes: int
-    time_range: TimeRange
 
 
 def _time_range(since: str | None, until: str | None) -> TimeRange:
@@ -241,35 +226,11 @@ def _check_inputs(paths: list[str], kubernetes: bool, cluster: Cluster) -> None:
         raise WslogError(f"{', '.join(given)}: only with --kubernetes")
 
 
-def _read_files(paths: list[str], reading: Reading) -> AnalysisResult:
-    return _analyse(expand_paths(paths), reading, command_formats(reading.log_format), "inputs")
-
-
-def _analyse(
-    sources: list[InputSource], reading: Reading, formats: FormatSet, unit: str
-) -> AnalysisResult:
-    """The one call both kinds of input end in, with the command's settings."""
-    r = reading
-    return analyze_sources(
-        sources,
-        formats=formats,
-        include_all=r.include_all,
-        keep_query=r.keep_query,
-        strict=r.strict,
-        pair_window=r.pair_window,
-        clock_skew=r.clock_skew,
-        max_line_bytes=r.max_line_bytes,
-        time_range=r.time_range,
-        unit=unit,
-    )
-
-
-def _read_cluster(cluster: Cluster, reading: Reading) -> tuple[AnalysisResult, str]:
+def _read_cluster(cluster: Cluster, options: AnalysisOptions) -> tuple[AnalysisResult, str]:
     """Every selected pod's log streamed into the analysis, and what was read (for messages);
     notes on stderr name the pods that had nothing to read."""
-    r = reading
-    formats = command_formats(r.log_format)  # before any request: a bad format stops here
-    with Snapshot(cluster.settings(), since=_ask_since(r)) as snapshot:
+    formats = command_formats(options.log_format)  # before any request: a bad format stops here
+    with Snapshot(cluster.settings(), since=_ask_since(options)) as snapshot:
         pods = snapshot.pods()
         _note_pods("have not started", snapshot.not_started)
         if not pods:
@@ -277,26 +238,27 @@ def _read_cluster(cluster: Cluster, reading: Reading) -> tuple[AnalysisResult, s
                 f"no pod with a started {CONTAINER} container in {cluster.describe()}: check "
                 "-n and -l (kubectl get pods -n NAMESPACE -l SELECTOR), and --context"
             )
-        _say_reading(pods, r.time_range)
+        _say_reading(pods, options.time_range)
         sources = [InputSource(pod.source, opener=snapshot.opener(pod)) for pod in pods]
-        result = _analyse(sources, r, formats, "pods")
+        result = analyze_sources(sources, options, formats=formats, unit="pods")
         _note_pods("had no log when read (gone, or not running)", snapshot.no_log)
     return result, f"the {CONTAINER} logs of {len(pods)} pod(s)"
 
 
-def _ask_since(reading: Reading) -> datetime | None:
+def _ask_since(options: AnalysisOptions) -> datetime | None:
     """What to ask the log API for: ``--since`` less the pair window and the clock skew, so
     that a connection open in the range comes with its other sidecar's entry even when that
     one ended a little earlier (the range then decides on whole connections)."""
-    since = reading.time_range.since
-    margin = timedelta(seconds=reading.pair_window + reading.clock_skew)
+    since = options.time_range.since if options.time_range else None
+    margin = timedelta(seconds=options.pair_window + options.clock_skew)
     return since - margin if since is not None else None
 
 
-def _say_reading(pods: list[PodLog], time_range: TimeRange) -> None:
+def _say_reading(pods: list[PodLog], time_range: TimeRange | None) -> None:
     restarted = sum(pod.restarted for pod in pods)
     again = f", {restarted} restarted (previous instance included)" if restarted else ""
-    since = f" since {time_range.since:%Y-%m-%dT%H:%M:%SZ}" if time_range.since else ""
+    start = time_range.since if time_range else None
+    since = f" since {start:%Y-%m-%dT%H:%M:%SZ}" if start else ""
     typer.echo(f"wslog analyze: reading {CONTAINER} of {len(pods)} pod(s){again}{since}", err=True)
 
 
@@ -308,18 +270,12 @@ def _note_pods(what: str, pods: list[str]) -> None:
 
 
 def _check_options(
-    fail_on: list[str],
-    pair_window: float,
-    clock_skew: float,
-    output_format: OutputFormat,
-    output: Path | None,
+    fail_on: list[str], output_format: OutputFormat, output: Path | None
 ) -> set[str]:
     valid = {Outcome.FAILED.value, Outcome.REJECTED.value} | {c.value for c in Cause if c.value}
     unknown = sorted(set(fail_on) - valid)
     if unknown:
         raise WslogError(f"--fail-on {', '.join(unknown)}: choose from {', '.join(sorted(valid))}")
-    if pair_window <= 0 or clock_skew < 0:
-        raise WslogError("--pair-window must be positive and --clock-skew not negative")
     if output_format is OutputFormat.PARQUET and output is None:
         raise WslogError("--format parquet needs --output FILE (Parquet is binary)")
     return set(fail_on)

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from exporter.cli import exporter, tail
 from lab.cli import app as lab_app
 from wslog.analyze import analyze
 from wslog.doctor import doctor
+from wslog.live import exporter, tail
 
 app = typer.Typer(
     name="wslog",

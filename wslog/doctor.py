@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from analyzer.cli import analyze_paths
+from analyzer.cli import AnalysisOptions, analyze_paths
 from analyzer.doctor import DoctorSettings, Inventory, Prediction, compare, predict
 from analyzer.doctor.compare import Observed, observations
 from analyzer.doctor.load import load_paths
@@ -168,7 +168,7 @@ def _report(
 ) -> Report:
     if not logs:
         return Report(predictions, problems=inventory.problems)
-    result = analyze_paths(logs, log_format=log_format)
+    result = analyze_paths(logs, AnalysisOptions(log_format=log_format))
     comparisons, strays = compare(predictions, observations(result.connections))
     return Report(predictions, tuple(comparisons), tuple(strays), inventory.problems)
 

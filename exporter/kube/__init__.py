@@ -6,7 +6,7 @@ mesh configuration ``wslog doctor`` checks. ``resume`` is the pure cursor logic.
 from exporter.kube.api import Api
 from exporter.kube.resume import Cursor, Resume, parse_timestamp, since_time
 from exporter.kube.source import KubeSource
-from exporter.sources import KubeSettings
+from exporter.settings import KubeSettings
 
 __all__ = ["Api", "Cursor", "KubeSource", "Resume", "connect", "parse_timestamp", "since_time"]
 

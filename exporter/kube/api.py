@@ -23,7 +23,8 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from exporter.kube.resume import Cursor, since_time
-from exporter.sources import KubeSettings, RestartReason, SourceError
+from exporter.settings import KubeSettings
+from exporter.sources import RestartReason, SourceError
 
 __all__ = [
     "KIND",

@@ -36,7 +36,8 @@ from analyzer.errors import WslogError
 from exporter.kube.api import Api, iter_body, status_message  # the log source's own rules
 from exporter.kube.discovery import container_status, has_container, started
 from exporter.kube.resume import NS, Cursor
-from exporter.sources import KubeSettings, SourceError
+from exporter.settings import KubeSettings
+from exporter.sources import SourceError
 
 __all__ = ["PodLog", "Snapshot", "SnapshotError"]
 

@@ -16,7 +16,8 @@ from exporter.kube.api import Api
 from exporter.kube.discovery import Registry, Watcher
 from exporter.kube.resume import NS, Cursor
 from exporter.kube.streams import Health, Shared
-from exporter.sources import KubeSettings, Sink, SourceError, SourceEvents
+from exporter.settings import KubeSettings
+from exporter.sources import Sink, SourceError, SourceEvents
 
 __all__ = ["KubeSource"]
 

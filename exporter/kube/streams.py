@@ -20,9 +20,9 @@ from kubernetes.client.exceptions import ApiException
 from analyzer.lines import LineAssembler
 from exporter.kube.api import KIND, Api, Backoff, denial, iter_body, restart_reason, shutdown
 from exporter.kube.resume import Cursor, Resume
+from exporter.settings import KubeSettings
 from exporter.sources import (
     TIMESTAMPS,
-    KubeSettings,
     RestartReason,
     Sink,
     SourceEvents,
