@@ -213,7 +213,11 @@ def _judge(inventory: Inventory, settings: DoctorSettings, route: Route) -> Pred
         upgrade_path=path,
         verdict=Verdict.OK if ok else Verdict.FAIL,
         cause=Cause.NONE if ok else Cause.H2_CONNECT_NOT_ALLOWED,
-        evidence=hop.evidence + (check.evidence if check else ()),
+        evidence=(
+            *hop.evidence,
+            *(check.evidence if check else ()),
+            f"rules of {route.version.describe()}",
+        ),
         remedy="" if ok or check is None else remedy(_fix(route, hop, check)),
         subset=route.subset,
     )
