@@ -422,7 +422,9 @@ def _check(
     if unselected:
         return PatchCheck(ef, patch, False, unselected)
     if patch.context not in INBOUND_CONTEXTS[proxy.kind]:
-        where = "a gateway's listeners" if proxy.kind is ProxyKind.GATEWAY else "the inbound listener"
+        where = (
+            "a gateway's listeners" if proxy.kind is ProxyKind.GATEWAY else "the inbound listener"
+        )
         reason = f"context {patch.context} does not patch {where}"
         if proxy.kind is ProxyKind.GATEWAY:
             reason += " (the server proxy is a gateway)"
