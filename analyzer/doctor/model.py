@@ -65,6 +65,7 @@ class Decider(StrEnum):
     DESTINATION_RULE = "DestinationRule"
     SNIFFED = "protocol sniffing"
     MESH = "mesh config"
+    CLUSTER_PATCH = "EnvoyFilter CLUSTER patch"
 
 
 class PatchContext(StrEnum):
@@ -74,6 +75,20 @@ class PatchContext(StrEnum):
     GATEWAY = "GATEWAY"
 
 
+class ProxyKind(StrEnum):
+    """The proxy in front of a server: an injected sidecar, or a gateway (the pods are Envoy)."""
+
+    SIDECAR = "sidecar"
+    GATEWAY = "gateway"
+
+
+class ClusterProtocol(StrEnum):
+    """What an EnvoyFilter CLUSTER patch makes of the client's upstream protocol."""
+
+    HTTP2 = "HTTP/2"
+    DOWNSTREAM = "the client's protocol"
+
+
 @dataclass(frozen=True)
 class ServicePort:
     port: int
@@ -81,14 +96,26 @@ class ServicePort:
     target_port: str = ""  # a number or a container port name, as written
     app_protocol: str | None = None
     transport: str = "TCP"  # spec.ports[].protocol: TCP, UDP, SCTP
+    declared: str | None = None  # a ServiceEntry port's protocol (HTTP, HTTP2, TCP ...)
 
 
 @dataclass(frozen=True)
 class Service:
+    """A Kubernetes Service, or a ServiceEntry host (``kind``; ``host`` set, ``external`` when
+    its location is MESH_EXTERNAL: no sidecar of this mesh serves it)."""
+
     name: str
     namespace: str
     ports: tuple[ServicePort, ...]
     selector: Labels = field(default_factory=dict)
+    kind: str = "Service"
+    host: str = ""  # a ServiceEntry's host, as written
+    external: bool = False
+    spec: Mapping[str, Any] = field(default_factory=dict)  # kept for remedies
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +127,12 @@ class Workload:
     namespace: str
     labels: Labels
     container_ports: Mapping[str, int] = field(default_factory=dict)  # name -> number
+    proxy: ProxyKind = ProxyKind.SIDECAR
+    revision: str | None = None  # the pods' istio.io/rev label
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -119,6 +152,17 @@ class PortPolicy:
 
 
 @dataclass(frozen=True)
+class Subset:
+    """A DestinationRule subset: its labels and the traffic policy that overrides the rule's."""
+
+    name: str
+    labels: Labels = field(default_factory=dict)
+    pool_set: bool = False  # trafficPolicy.connectionPool given at the subset level
+    http: HttpPool | None = None
+    port_policies: tuple[PortPolicy, ...] = ()
+
+
+@dataclass(frozen=True)
 class DestinationRule:
     name: str
     namespace: str
@@ -130,10 +174,46 @@ class DestinationRule:
     workload_selector: Labels | None = None
     created: str = ""
     spec: Mapping[str, Any] = field(default_factory=dict)  # kept for remedies
+    subsets: tuple[Subset, ...] = ()
+    revision: str | None = None
 
     @property
     def ref(self) -> str:
         return f"DestinationRule {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RouteDestination:
+    """One ``http[].route[].destination`` of a VirtualService, as written."""
+
+    host: str
+    subset: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class VirtualService:
+    name: str
+    namespace: str
+    hosts: tuple[str, ...]
+    destinations: tuple[RouteDestination, ...] = ()
+    gateways: tuple[str, ...] = ()
+    export_to: tuple[str, ...] = ()
+    created: str = ""
+    revision: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"VirtualService {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class GatewaySelector:
+    """An Istio Gateway's ``selector``: the pods it selects are gateway proxies."""
+
+    name: str
+    namespace: str
+    selector: Labels
 
 
 @dataclass(frozen=True)
@@ -148,6 +228,20 @@ class ConnectPatch:
 
 
 @dataclass(frozen=True)
+class ClusterPatch:
+    """A CLUSTER patch that sets the upstream protocol of the clusters it matches."""
+
+    index: int
+    context: PatchContext
+    protocol: ClusterProtocol
+    proxy_version: str | None = None
+    service: str | None = None  # match.cluster.service: a host, maybe a wildcard
+    port_number: int | None = None
+    subset: str | None = None
+    cluster_name: str | None = None  # match.cluster.name: outbound|port|subset|host
+
+
+@dataclass(frozen=True)
 class EnvoyFilter:
     name: str
     namespace: str
@@ -155,6 +249,9 @@ class EnvoyFilter:
     workload_selector: Labels | None = None
     priority: int = 0
     created: str = ""
+    cluster_patches: tuple[ClusterPatch, ...] = ()
+    revision: str | None = None
+    spec: Mapping[str, Any] = field(default_factory=dict)  # kept for remedies
 
     @property
     def ref(self) -> str:
@@ -167,6 +264,7 @@ class MeshSettings:
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
     default_dr_export_to: tuple[str, ...] = ("*",)
     source: str = ""  # where the mesh config came from; empty: Istio's defaults
+    revision: str = ""  # the control plane's revision ("": the default one)
 
 
 @dataclass(frozen=True)
@@ -177,11 +275,28 @@ class Inventory:
     workloads: tuple[Workload, ...] = ()
     destination_rules: tuple[DestinationRule, ...] = ()
     envoy_filters: tuple[EnvoyFilter, ...] = ()
-    mesh: MeshSettings = MeshSettings()
+    mesh: MeshSettings = MeshSettings()  # the default revision's (or the only one read)
     istio_version: str | None = None
     version_source: str = ""
     problems: tuple[str, ...] = ()
+    virtual_services: tuple[VirtualService, ...] = ()
+    gateways: tuple[GatewaySelector, ...] = ()
+    meshes: tuple[MeshSettings, ...] = ()  # every revision's mesh config read
+    namespace_revisions: Mapping[str, str] = field(default_factory=dict)  # ns -> istio.io/rev
+    revision_versions: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def with_istio_version(self, version: str) -> Inventory:
         """The inventory as ``--istio-version`` states the mesh's version, whatever was read."""
-        return replace(self, istio_version=version, version_source="--istio-version")
+        return replace(
+            self, istio_version=version, version_source="--istio-version", revision_versions={}
+        )
+
+    def mesh_for(self, revision: str | None) -> MeshSettings:
+        """The mesh config of a revision's control plane; the default one's otherwise."""
+        wanted = "" if revision in (None, "default") else revision
+        return next((m for m in self.meshes if m.revision == wanted), self.mesh)
+
+    def version_for(self, revision: str | None) -> tuple[str | None, str]:
+        """Istio's version for a revision's proxies, and where it was read."""
+        found = self.revision_versions.get(revision or "")
+        return found if found else (self.istio_version, self.version_source)

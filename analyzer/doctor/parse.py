@@ -10,31 +10,43 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
+from analyzer.doctor.istio import gateway_labels, gateway_selects
 from analyzer.doctor.model import (
     DEFAULT_NAMESPACE,
     DEFAULT_ROOT_NAMESPACE,
+    ClusterPatch,
+    ClusterProtocol,
     ConnectPatch,
     DestinationRule,
     EnvoyFilter,
+    GatewaySelector,
     H2UpgradePolicy,
     HttpPool,
     Inventory,
     MeshSettings,
     PatchContext,
     PortPolicy,
+    ProxyKind,
+    RouteDestination,
     Service,
     ServicePort,
+    Subset,
+    VirtualService,
     Workload,
 )
 
 HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
 HCM_TYPE_SUFFIX = "HttpConnectionManager"
 POD_TEMPLATE_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
-MESH_CONFIGMAP = re.compile(r"^istio(-[a-z0-9-]+)?$")
+MESH_CONFIGMAP = re.compile(r"^istio(?:-(?P<rev>[a-z0-9-]+))?$")
+REV_LABEL = "istio.io/rev"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+PARTS = ("svc", "wl", "dr", "ef", "mesh", "ver", "bad", "vs", "gw", "ns", "se")
 VERSION_IMAGE = re.compile(r"/(?:pilot|proxyv2)(?:-[a-z]+)?:(?P<tag>\d+\.\d+[^@\s]*)")
 
 Doc = Mapping[str, Any]
@@ -44,21 +56,28 @@ def inventory_from_manifests(
     docs: Iterable[Any], default_namespace: str = DEFAULT_NAMESPACE
 ) -> Inventory:
     """Every object of ``docs`` (``kind: List`` items included) the doctor cares about."""
-    parts: dict[str, list[Any]] = {k: [] for k in ("svc", "wl", "dr", "ef", "mesh", "ver", "bad")}
+    parts: dict[str, list[Any]] = {k: [] for k in PARTS}
     for doc in applied(_flatten(docs), default_namespace):
         _collect(doc, default_namespace, parts)
     meshes: list[MeshSettings] = parts["mesh"]
-    versions: list[tuple[str, str]] = parts["ver"]
-    version, version_source = versions[0] if versions else (None, "")
+    versions: list[tuple[str, str, str]] = parts["ver"]  # revision, version, where
+    default = [v for v in versions if not v[0]] or versions
+    version, version_source = (default[0][1], default[0][2]) if default else (None, "")
+    gateways: list[GatewaySelector] = parts["gw"]
     return Inventory(
-        services=tuple(parts["svc"]),
-        workloads=tuple(parts["wl"]),
+        services=tuple(parts["svc"]) + tuple(parts["se"]),
+        workloads=tuple(_as_gateway(w, gateways) for w in parts["wl"]),
         destination_rules=tuple(parts["dr"]),
         envoy_filters=tuple(parts["ef"]),
-        mesh=meshes[0] if meshes else MeshSettings(),
+        mesh=next((m for m in meshes if not m.revision), meshes[0] if meshes else MeshSettings()),
         istio_version=version,
         version_source=version_source,
         problems=tuple(parts["bad"]),
+        virtual_services=tuple(parts["vs"]),
+        gateways=tuple(gateways),
+        meshes=tuple(meshes),
+        namespace_revisions=dict(parts["ns"]),
+        revision_versions={rev: (v, where) for rev, v, where in reversed(versions) if rev},
     )
 
 
@@ -106,8 +125,41 @@ def _collect(doc: Doc, default_ns: str, parts: dict[str, list[Any]]) -> None:
             parts["ef"].append(parse_envoy_filter(doc, ns))
         elif kind in ("ConfigMap", "IstioOperator"):
             parts["mesh"].extend(_mesh(doc, kind, ns))
-    except (TypeError, ValueError, AttributeError, yaml.YAMLError) as error:
-        parts["bad"].append(f"{kind} {ns}/{_meta(doc).get('name', '?')}: cannot read it ({error})")
+            parts["ver"].extend(_operator_version(doc, kind))
+        else:
+            _collect_more(doc, kind, ns, parts)
+    except (TypeError, ValueError, AttributeError, KeyError, yaml.YAMLError) as error:
+        parts["bad"].append(f"{object_ref(doc, ns)}: cannot read it ({error})")
+
+
+def _collect_more(doc: Doc, kind: str, ns: str, parts: dict[str, list[Any]]) -> None:
+    if kind == "VirtualService":
+        parts["vs"].append(parse_virtual_service(doc, ns))
+    elif kind == "Gateway" and str(doc.get("apiVersion", "")).startswith("networking.istio.io"):
+        selector = _labels(_map(doc.get("spec")).get("selector"))
+        parts["gw"].append(GatewaySelector(str(_meta(doc)["name"]), ns, selector))
+    elif kind == "Namespace":
+        labels = _labels(_meta(doc).get("labels"))
+        if REV_LABEL in labels:
+            parts["ns"].append((str(_meta(doc)["name"]), labels[REV_LABEL]))
+    elif kind == "ServiceEntry":
+        parts["se"].extend(parse_service_entry(doc, ns))
+
+
+def object_ref(doc: Doc, ns: str) -> str:
+    """``Kind namespace/name``; an object without a name says so (an IstioOperator read by
+    istioctl needs none)."""
+    kind = str(doc.get("kind") or "object")
+    name = _meta(doc).get("name")
+    if not name:
+        where = _meta(doc).get("namespace")
+        return f"{kind} without metadata.name" + (f" in namespace {where}" if where else "")
+    return f"{kind} {ns}/{name}"
+
+
+def _revision(doc: Doc) -> str | None:
+    rev = _labels(_meta(doc).get("labels")).get(REV_LABEL)
+    return rev or None
 
 
 def _meta(doc: Doc) -> Mapping[str, Any]:
@@ -129,7 +181,27 @@ def _labels(value: Any) -> dict[str, str]:
 def parse_service(doc: Doc, ns: str) -> Service:
     spec = _map(doc.get("spec"))
     ports = tuple(_service_port(p) for p in spec.get("ports") or [])
-    return Service(str(_meta(doc)["name"]), ns, ports, _labels(spec.get("selector")))
+    selector = _labels(spec.get("selector"))
+    return Service(str(_meta(doc)["name"]), ns, ports, selector, spec=spec)
+
+
+def parse_service_entry(doc: Doc, ns: str) -> Iterator[Service]:
+    """One Service-like host per ``spec.hosts`` entry, with the entry's ports."""
+    spec = _map(doc.get("spec"))
+    ports = tuple(
+        ServicePort(
+            port=int(_map(p)["number"]),
+            name=str(_map(p).get("name") or ""),
+            target_port=str(_map(p).get("targetPort") or _map(p)["number"]),
+            declared=str(_map(p).get("protocol") or "") or None,
+        )
+        for p in spec.get("ports") or []
+    )
+    external = str(spec.get("location") or "MESH_EXTERNAL") == "MESH_EXTERNAL"
+    selector = _labels(_map(spec.get("workloadSelector")).get("labels"))
+    for host in spec.get("hosts") or []:
+        name = str(_meta(doc)["name"])
+        yield Service(name, ns, ports, selector, "ServiceEntry", str(host), external, spec)
 
 
 def _service_port(raw: Any) -> ServicePort:
@@ -154,18 +226,55 @@ def parse_workload(doc: Doc, ns: str) -> Workload:
         for p in _map(c).get("ports") or []
         if _map(p).get("name") and "containerPort" in p
     }
-    return Workload(kind, str(_meta(doc)["name"]), ns, _labels(_meta(pod).get("labels")), ports)
+    labels = _labels(_meta(pod).get("labels"))
+    proxy = ProxyKind.GATEWAY if _gateway_pod(pod, labels) else ProxyKind.SIDECAR
+    revision = labels.get(REV_LABEL) or None
+    return Workload(kind, str(_meta(doc)["name"]), ns, labels, ports, proxy, revision)
 
 
-def _versions(doc: Doc) -> Iterator[tuple[str, str]]:
-    """Istio's version from istiod's (pilot) or a sidecar's (proxyv2) image tag."""
+def _gateway_pod(pod: Doc, labels: Mapping[str, str]) -> bool:
+    """Gateway pods: Istio's gateway labels, the gateway injection template, or Envoy run as a
+    router (``proxy router``)."""
+    if gateway_labels(labels):
+        return True
+    template = str(_map(_meta(pod).get("annotations")).get("inject.istio.io/templates", ""))
+    if "gateway" in template.split(","):
+        return True
+    containers = _map(pod.get("spec")).get("containers") or []
+    return any("router" in (_map(c).get("args") or []) for c in containers)
+
+
+def _as_gateway(workload: Workload, gateways: Iterable[GatewaySelector]) -> Workload:
+    """A workload an Istio Gateway selects runs a gateway proxy."""
+    if workload.proxy is ProxyKind.GATEWAY:
+        return workload
+    if any(gateway_selects(g, workload.labels) for g in gateways):
+        return replace(workload, proxy=ProxyKind.GATEWAY)
+    return workload
+
+
+def _versions(doc: Doc) -> Iterator[tuple[str, str, str]]:
+    """Istio's version from istiod's (pilot) or a sidecar's (proxyv2) image tag, with the
+    revision of the control plane (``istio.io/rev``) it belongs to."""
     pod = doc if doc.get("kind") == "Pod" else _map(_map(doc.get("spec")).get("template"))
     spec = _map(pod.get("spec"))
+    revision = _labels(_meta(pod).get("labels")).get(REV_LABEL) or _revision(doc) or ""
     for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
         match = VERSION_IMAGE.search(str(_map(container).get("image", "")))
         if match:
-            where = f"{doc.get('kind')} {_meta(doc).get('namespace', '')}/{_meta(doc).get('name')}"
-            yield match["tag"], f"image of {where}"
+            where = object_ref(doc, str(_meta(doc).get("namespace") or DEFAULT_NAMESPACE))
+            yield revision, match["tag"], f"image of {where}"
+
+
+def _operator_version(doc: Doc, kind: str) -> Iterator[tuple[str, str, str]]:
+    """An IstioOperator's ``spec.tag`` or ``spec.values.global.tag``."""
+    if kind != "IstioOperator":
+        return
+    spec = _map(doc.get("spec"))
+    tag = spec.get("tag") or _map(_map(spec.get("values")).get("global")).get("tag")
+    if tag and VERSION_IMAGE.search(f"/pilot:{tag}"):
+        where = object_ref(doc, str(_meta(doc).get("namespace") or DEFAULT_ROOT_NAMESPACE))
+        yield str(spec.get("revision") or ""), str(tag), f"tag of {where}"
 
 
 # -- Istio ------------------------------------------------------------------------------------
@@ -186,6 +295,47 @@ def parse_destination_rule(doc: Doc, ns: str) -> DestinationRule:
         workload_selector=_labels(_map(selector).get("matchLabels")) if selector else None,
         created=str(_meta(doc).get("creationTimestamp") or ""),
         spec=spec,
+        subsets=tuple(_subset(s) for s in spec.get("subsets") or []),
+        revision=_revision(doc),
+    )
+
+
+def _subset(raw: Any) -> Subset:
+    entry = _map(raw)
+    policy = _map(entry.get("trafficPolicy"))
+    return Subset(
+        name=str(entry["name"]),
+        labels=_labels(entry.get("labels")),
+        pool_set=isinstance(policy.get("connectionPool"), Mapping),
+        http=_http_pool(policy.get("connectionPool")),
+        port_policies=tuple(_port_policy(p) for p in policy.get("portLevelSettings") or []),
+    )
+
+
+def parse_virtual_service(doc: Doc, ns: str) -> VirtualService:
+    spec = _map(doc.get("spec"))
+    destinations = tuple(
+        _destination(_map(_map(route).get("destination")))
+        for http in spec.get("http") or []
+        for route in _map(http).get("route") or []
+    )
+    return VirtualService(
+        name=str(_meta(doc)["name"]),
+        namespace=ns,
+        hosts=tuple(str(h) for h in spec.get("hosts") or []),
+        destinations=destinations,
+        gateways=tuple(str(g) for g in spec.get("gateways") or []),
+        export_to=tuple(str(e) for e in spec.get("exportTo") or []),
+        created=str(_meta(doc).get("creationTimestamp") or ""),
+        revision=_revision(doc),
+    )
+
+
+def _destination(raw: Mapping[str, Any]) -> RouteDestination:
+    number = _map(raw.get("port")).get("number")
+    subset = raw.get("subset")
+    return RouteDestination(
+        str(raw["host"]), str(subset) if subset else None, int(number) if number else None
     )
 
 
@@ -209,6 +359,7 @@ def parse_envoy_filter(doc: Doc, ns: str) -> EnvoyFilter:
     selector = spec.get("workloadSelector")
     raw_patches = list(spec.get("configPatches") or [])
     patches = (_connect_patch(i, _map(p)) for i, p in enumerate(raw_patches))
+    clusters = (_cluster_patch(i, _map(p)) for i, p in enumerate(raw_patches))
     return EnvoyFilter(
         name=str(_meta(doc)["name"]),
         namespace=ns,
@@ -216,7 +367,48 @@ def parse_envoy_filter(doc: Doc, ns: str) -> EnvoyFilter:
         workload_selector=_labels(_map(selector).get("labels")) if selector else None,
         priority=int(spec.get("priority") or 0),
         created=str(_meta(doc).get("creationTimestamp") or ""),
+        cluster_patches=tuple(c for c in clusters if c is not None),
+        revision=_revision(doc),
+        spec=spec,
     )
+
+
+def _cluster_patch(index: int, patch: Mapping[str, Any]) -> ClusterPatch | None:
+    """A CLUSTER MERGE that sets the upstream protocol: ``http2_protocol_options`` (the v2-era
+    cluster field) or ``typed_extension_protocol_options`` with an explicit HTTP/2 config or the
+    downstream protocol."""
+    body = _map(patch.get("patch"))
+    if patch.get("applyTo") != "CLUSTER" or body.get("operation") != "MERGE":
+        return None
+    protocol = _cluster_protocol(_map(body.get("value")))
+    if protocol is None:
+        return None
+    match = _map(patch.get("match"))
+    cluster = _map(match.get("cluster"))
+    version = _map(match.get("proxy")).get("proxyVersion")
+    return ClusterPatch(
+        index=index,
+        context=PatchContext(str(match.get("context") or "ANY")),
+        protocol=protocol,
+        proxy_version=str(version) if version else None,
+        service=str(cluster["service"]) if cluster.get("service") else None,
+        port_number=int(cluster["portNumber"]) if cluster.get("portNumber") else None,
+        subset=str(cluster["subset"]) if cluster.get("subset") else None,
+        cluster_name=str(cluster["name"]) if cluster.get("name") else None,
+    )
+
+
+def _cluster_protocol(value: Mapping[str, Any]) -> ClusterProtocol | None:
+    if "http2_protocol_options" in value or "http2ProtocolOptions" in value:
+        return ClusterProtocol.HTTP2
+    typed = _map(value.get("typed_extension_protocol_options"))
+    options = _map(typed.get(HTTP_OPTIONS))
+    if "explicit_http_config" in options:
+        explicit = _map(options["explicit_http_config"])
+        return ClusterProtocol.HTTP2 if "http2_protocol_options" in explicit else None
+    if "use_downstream_protocol_config" in options:
+        return ClusterProtocol.DOWNSTREAM
+    return None
 
 
 def _connect_patch(index: int, patch: Mapping[str, Any]) -> ConnectPatch | None:
@@ -260,21 +452,26 @@ def _allow_connect(typed: Mapping[str, Any]) -> bool | None:
 
 
 def _mesh(doc: Doc, kind: str, ns: str) -> Iterator[MeshSettings]:
+    """The mesh config of ConfigMap ``istio`` (``istio-<revision>`` for a revision's control
+    plane) or of an IstioOperator (``spec.revision``)."""
     if kind == "ConfigMap":
-        if not MESH_CONFIGMAP.match(str(_meta(doc).get("name", ""))):
+        named = MESH_CONFIGMAP.match(str(_meta(doc).get("name", "")))
+        if not named:
             return
         text = _map(doc.get("data")).get("mesh")
         mesh = _map(yaml.safe_load(text)) if isinstance(text, str) else {}
-        where = f"ConfigMap {ns}/{_meta(doc).get('name')} (data.mesh)"
-        yield mesh_settings(mesh, ns, where)
+        where = f"{object_ref(doc, ns)} (data.mesh)"
+        yield mesh_settings(mesh, ns, where, named["rev"] or "")
     else:
-        mesh = _map(_map(doc.get("spec")).get("meshConfig"))
-        yield mesh_settings(
-            mesh, DEFAULT_ROOT_NAMESPACE, f"IstioOperator {ns}/{_meta(doc).get('name')}"
-        )
+        spec = _map(doc.get("spec"))
+        mesh = _map(spec.get("meshConfig"))
+        where = object_ref(doc, ns)
+        yield mesh_settings(mesh, DEFAULT_ROOT_NAMESPACE, where, str(spec.get("revision") or ""))
 
 
-def mesh_settings(mesh: Mapping[str, Any], namespace: str, source: str) -> MeshSettings:
+def mesh_settings(
+    mesh: Mapping[str, Any], namespace: str, source: str, revision: str = ""
+) -> MeshSettings:
     policy = str(mesh.get("h2UpgradePolicy") or "DO_NOT_UPGRADE").upper()
     export_to = mesh.get("defaultDestinationRuleExportTo") or ["*"]
     return MeshSettings(
@@ -282,4 +479,5 @@ def mesh_settings(mesh: Mapping[str, Any], namespace: str, source: str) -> MeshS
         root_namespace=str(mesh.get("rootNamespace") or namespace),
         default_dr_export_to=tuple(str(e) for e in export_to),
         source=source,
+        revision="" if revision == "default" else revision,
     )

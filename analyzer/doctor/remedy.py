@@ -1,10 +1,13 @@
 """The fix for a failing port, as YAML ready for ``kubectl apply -f -``.
 
 Two alternatives, as docs/design.md section 2 gives them: an EnvoyFilter that lets the server
-workload's sidecar accept extended CONNECT (Istio 1.12 and later), or a DestinationRule that keeps
-the hop on HTTP/1.1. The DestinationRule is the one that decided, changed at the level that
-decided (port-level or rule-level), so applying it replaces rather than conflicts; a new one is
-written only when no rule applies.
+proxy accept extended CONNECT (Istio 1.12 and later; context SIDECAR_INBOUND for a sidecar,
+GATEWAY for a gateway; none for a MESH_EXTERNAL host, which no proxy of the mesh serves), or a
+change that keeps the hop on HTTP/1.1. The DestinationRule is the one that decided, changed at the
+level that decided (subset, port-level or rule-level), so applying it replaces rather than
+conflicts; a new one is written only when no rule applies. Where the release's rules leave no
+DestinationRule fix (``useClientProtocol`` cannot beat an http2/grpc port before 1.28), the port
+is renamed; where an EnvoyFilter CLUSTER patch decided, that filter is re-applied without it.
 
 Either alternative alone fixes the port, so each is its own YAML document, opened by ``---`` and a
 ``# Option N: ...`` comment that names it: a reader copies one document, and a program splits them
@@ -21,7 +24,15 @@ from typing import Any
 import yaml
 
 from analyzer.doctor.istio import resolve_host
-from analyzer.doctor.model import Decider, DestinationRule, Service, ServicePort
+from analyzer.doctor.model import (
+    Decider,
+    DestinationRule,
+    EnvoyFilter,
+    ProxyKind,
+    Service,
+    ServicePort,
+)
+from analyzer.doctor.versions import IstioVersion, VersionRule
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = (
@@ -39,8 +50,18 @@ class Fix:
     decider: Decider
     rule: DestinationRule | None
     port_level: bool
-    old_istio: bool  # before 1.12 only the DestinationRule change works
+    version: IstioVersion  # the release the fix must work on
     denying_priority: int | None = None  # an EnvoyFilter of this priority sets allow_connect false
+    subset: str | None = None  # the subset whose policy decided
+    proxy: ProxyKind = ProxyKind.SIDECAR
+    external: bool = False
+    cluster_filter: EnvoyFilter | None = None
+    cluster_patch_index: int | None = None
+
+    @property
+    def old_istio(self) -> bool:
+        """Before 1.12 only keeping the hop on HTTP/1.1 works."""
+        return not self.version.has(VersionRule.ALLOW_CONNECT)
 
 
 @dataclass(frozen=True)
@@ -57,29 +78,44 @@ def remedy(fix: Fix) -> str:
 
 
 def options(fix: Fix) -> tuple[Option, ...]:
-    """Before Istio 1.12 only the HTTP/1.1 hop works; from 1.12 accepting CONNECT comes first."""
+    """Before Istio 1.12 only the HTTP/1.1 hop works; from 1.12 accepting CONNECT comes first
+    (where a proxy of the mesh serves the host)."""
     if fix.old_istio:
         only = " (the only fix: Istio < 1.12 cannot carry WebSocket over HTTP/2)"
         return (_keep_h1(fix, only),)
+    if fix.external:
+        return (_keep_h1(fix, " (the only fix: no proxy of the mesh serves the host)"),)
     return (_accept_connect(fix), _keep_h1(fix))
 
 
 def _keep_h1(fix: Fix, why: str = "") -> Option:
+    if fix.decider is Decider.CLUSTER_PATCH and fix.cluster_filter is not None:
+        title = f"re-apply {fix.cluster_filter.ref} without its CLUSTER patch{why}"
+        return Option(title, without_cluster_patch(fix.cluster_filter, fix.cluster_patch_index))
+    if fix.decider is Decider.PORT_PROTOCOL and not fix.version.has(
+        VersionRule.CLIENT_PROTOCOL_OVER_PORT
+    ):
+        title = (
+            f"keep the hop on HTTP/1.1 by naming the port for HTTP/1.1 (useClientProtocol "
+            f"cannot beat the port's protocol before Istio 1.28){why}"
+        )
+        return Option(title, renamed_port(fix.service, fix.port))
     how = (
         "useClientProtocol: true (the port's protocol forces HTTP/2 otherwise)"
         if fix.decider is Decider.PORT_PROTOCOL
         else "h2UpgradePolicy: DO_NOT_UPGRADE"
     )
-    title = f"keep the sidecar-to-sidecar hop on HTTP/1.1 with {how}{why}"
+    title = f"keep the sidecar-to-server hop on HTTP/1.1 with {how}{why}"
     return Option(title, destination_rule(fix))
 
 
 def _accept_connect(fix: Fix) -> Option:
-    title = "let the server sidecar accept WebSocket over HTTP/2 (Istio >= 1.12)"
+    who = "gateway" if fix.proxy is ProxyKind.GATEWAY else "sidecar"
+    title = f"let the server {who} accept WebSocket over HTTP/2 (Istio >= 1.12)"
     priority = _after(fix.denying_priority)
     if priority:
         title += f"; priority {priority} applies it after the EnvoyFilter that sets it false"
-    return Option(title, envoy_filter(fix.service, priority))
+    return Option(title, envoy_filter(fix.service, priority, fix.proxy))
 
 
 def _after(denying_priority: int | None) -> int:
@@ -94,7 +130,10 @@ def _document(number: int, option: Option) -> str:
     return f"---\n# Option {number}: {option.title}\n{_dump(option.manifest)}"
 
 
-def envoy_filter(service: Service, priority: int = 0) -> dict[str, Any]:
+def envoy_filter(
+    service: Service, priority: int = 0, proxy: ProxyKind = ProxyKind.SIDECAR
+) -> dict[str, Any]:
+    context = "GATEWAY" if proxy is ProxyKind.GATEWAY else "SIDECAR_INBOUND"
     spec: dict[str, Any] = {}
     if service.selector:
         spec["workloadSelector"] = {"labels": dict(service.selector)}
@@ -104,7 +143,7 @@ def envoy_filter(service: Service, priority: int = 0) -> dict[str, Any]:
         {
             "applyTo": "NETWORK_FILTER",
             "match": {
-                "context": "SIDECAR_INBOUND",
+                "context": context,
                 "listener": {"filterChain": {"filter": {"name": HCM_NAME}}},
             },
             "patch": {
@@ -126,9 +165,49 @@ def envoy_filter(service: Service, priority: int = 0) -> dict[str, Any]:
     }
 
 
+def without_cluster_patch(ef: EnvoyFilter, index: int | None) -> dict[str, Any]:
+    """The filter as it was, less the CLUSTER patch that made the hop HTTP/2."""
+    spec = copy.deepcopy(dict(ef.spec))
+    patches = list(spec.get("configPatches") or [])
+    spec["configPatches"] = [p for i, p in enumerate(patches) if i != index]
+    return {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": ef.name, "namespace": ef.namespace},
+        "spec": spec,
+    }
+
+
+def renamed_port(service: Service, port: ServicePort) -> dict[str, Any]:
+    """The Service (or ServiceEntry) with the port named, or declared, HTTP."""
+    spec = copy.deepcopy(dict(service.spec))
+    for entry in spec.get("ports") or []:
+        number = entry.get("number") if service.kind == "ServiceEntry" else entry.get("port")
+        if int(number or -1) != port.port:
+            continue
+        if service.kind == "ServiceEntry":
+            entry["protocol"] = "HTTP"
+        else:
+            entry["name"] = _http_name(port.name)
+            entry.pop("appProtocol", None)
+    api = "networking.istio.io/v1beta1" if service.kind == "ServiceEntry" else "v1"
+    return {
+        "apiVersion": api,
+        "kind": service.kind,
+        "metadata": {"name": service.name, "namespace": service.namespace},
+        "spec": spec,
+    }
+
+
+def _http_name(name: str) -> str:
+    _, dash, rest = name.partition("-")
+    return f"http-{rest}" if dash and rest else "http"
+
+
 def destination_rule(fix: Fix) -> dict[str, Any]:
     name, namespace, spec = _base_rule(fix)
-    http = _http_block(spec, fix.port.port if fix.port_level else None)
+    holder = _subset_holder(spec, fix.subset)
+    http = _http_block(holder, fix.port.port if fix.port_level else None)
     if fix.decider is Decider.PORT_PROTOCOL:
         http["useClientProtocol"] = True
     else:
@@ -155,7 +234,16 @@ def _base_rule(fix: Fix) -> tuple[str, str, dict[str, Any]]:
     return f"{service.name}-h1", service.namespace, spec
 
 
-def _http_block(spec: dict[str, Any], port: int | None) -> MutableMapping[str, Any]:
+def _subset_holder(spec: dict[str, Any], subset: str | None) -> MutableMapping[str, Any]:
+    """The subset whose traffic policy decided, or the rule itself."""
+    for entry in spec.get("subsets") or [] if subset else []:
+        if entry.get("name") == subset:
+            holder: MutableMapping[str, Any] = entry
+            return holder
+    return spec
+
+
+def _http_block(spec: MutableMapping[str, Any], port: int | None) -> MutableMapping[str, Any]:
     policy = spec.setdefault("trafficPolicy", {})
     if port is not None:
         for entry in policy.get("portLevelSettings") or []:
