@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections.abc import Iterator
@@ -13,8 +12,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
-
-from lab.processes import LabError, find_envoy
 
 if TYPE_CHECKING:  # the runner needs the lab extra (websockets); import it only to run
     from lab.runner import Notify, ScenarioResult
@@ -81,6 +78,12 @@ def run(
     parallel: Annotated[int, typer.Option(min=1, help="Scenarios run at once.")] = 4,
 ) -> None:
     """Run scenarios; logs go to OUT/<scenario>/client.log, server.log, client-result.json."""
+    # The runtime (asyncio, websockets, Envoy processes) is imported only to run: every other
+    # command starts without it.
+    import asyncio
+
+    from lab.processes import LabError, find_envoy
+
     try:
         from lab.runner import RunSettings, run_scenarios
     except ImportError as exc:

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_wslog
+from tests.conftest import ROOT, TESTDATA, run_wslog
+
+SIDES = ("client.log", "server.log")
 
 
 def test_version_flag_prints_the_installed_version() -> None:
@@ -58,3 +61,34 @@ def test_the_pair_window_has_one_name_and_the_old_one_still_works_with_a_note() 
     assert "--window is deprecated: use --pair-window" in old.stderr
     for command in ("analyze", "exporter", "tail"):
         assert "--pair-window" in run_wslog(command, "--help").stdout
+
+
+def test_help_and_analyzing_files_never_import_the_cluster_the_metrics_or_the_lab_runtime(
+    tmp_path: Path,
+) -> None:
+    """A cold start costs only what the command uses: ``kubernetes`` (a quarter of a second to
+    import), ``prometheus_client`` and the lab's runtime load only for the commands that need
+    them."""
+    log = tmp_path / "two.log"
+    lab = TESTDATA / "lab" / "json" / "h1"
+    log.write_text("".join((lab / side).read_text().splitlines(keepends=True)[0] for side in SIDES))
+    probe = (
+        "import sys\n"
+        "from wslog.cli import command\n"
+        "try:\n"
+        "    command()(sys.argv[1:], standalone_mode=False)\n"
+        "finally:\n"
+        "    heavy = ('kubernetes', 'prometheus_client', 'asyncio', 'websockets')\n"
+        "    print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)), file=sys.stderr)\n"
+    )
+    for args in (["--help"], ["analyze", str(log)]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines()[-1] == "[]", (args, done.stderr)
+    assert "h1-h1" in done.stdout  # the analysis did run

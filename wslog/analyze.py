@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
@@ -30,8 +30,10 @@ from analyzer.pipeline import AnalysisResult
 from analyzer.report import render_table, report_console, write_binary
 from analyzer.timerange import BOUND_HELP, TimeRange, parse_bound
 from analyzer.vocab import Cause, LineResult, Outcome
-from exporter.kube.snapshot import PodLog, Snapshot
 from exporter.settings import KubeSettings
+
+if TYPE_CHECKING:
+    from exporter.kube.snapshot import PodLog
 
 CONTAINER = "istio-proxy"
 PREFETCH = 8  # pods whose log requests are sent ahead while the analysis reads one
@@ -229,6 +231,9 @@ def _check_inputs(paths: list[str], kubernetes: bool, cluster: Cluster) -> None:
 def _read_cluster(cluster: Cluster, options: AnalysisOptions) -> tuple[AnalysisResult, str]:
     """Every selected pod's log streamed into the analysis, and what was read (for messages);
     notes on stderr name the pods that had nothing to read."""
+    # The Kubernetes client is imported only here: reading files starts without it.
+    from exporter.kube.snapshot import Snapshot
+
     formats = command_formats(options.log_format)  # before any request: a bad format stops here
     with Snapshot(cluster.settings(), since=_ask_since(options)) as snapshot:
         pods = snapshot.pods()
