@@ -275,27 +275,34 @@ def classify(rows: pl.DataFrame, *, keep_query: bool = False) -> pl.DataFrame:
 
 def websocket_paths(connections: pl.DataFrame) -> pl.DataFrame:
     """(destination_service, path) pairs that showed WebSocket evidence."""
+    key = ["destination_service", "path"]
     return (
-        connections.filter(pl.col("evidence").is_not_null())
-        .select("destination_service", "path")
+        connections.select(*key, "evidence")
+        .filter(pl.col("evidence").is_not_null())
+        .select(key)
         .unique()
     )
+
+
+def websocket_evidence(
+    connections: pl.DataFrame, ws_paths: pl.DataFrame, *, include_all: bool = False
+) -> pl.Series:
+    """Each connection's WebSocket evidence: its own, else ``path`` when its destination and
+    path showed evidence elsewhere in the input, else (``include_all``) ``all``; null for a
+    connection that is not a candidate."""
+    key = ["destination_service", "path"]
+    marked = ws_paths.select(key).unique().with_columns(_by_path=pl.lit(Evidence.PATH.value))
+    by_path = connections.select(key).join(
+        marked, on=key, how="left", nulls_equal=True, maintain_order="left"
+    )
+    evidence = connections.get_column("evidence").fill_null(by_path.get_column("_by_path"))
+    return evidence.fill_null(Evidence.ALL.value) if include_all else evidence
 
 
 def select_websockets(
     connections: pl.DataFrame, ws_paths: pl.DataFrame, *, include_all: bool = False
 ) -> pl.DataFrame:
-    """Keep the WebSocket candidates: own evidence, or a destination and path that showed
-    evidence elsewhere in the input (marked ``path``); ``include_all`` keeps every HTTP one."""
-    marked = ws_paths.with_columns(pl.lit(Evidence.PATH.value).alias("_by_path"))
-    joined = connections.join(
-        marked, on=["destination_service", "path"], how="left", nulls_equal=True
-    )
-    evidence = pl.coalesce("evidence", "_by_path")
-    if include_all:
-        evidence = pl.coalesce(evidence, pl.lit(Evidence.ALL.value))
-    return (
-        joined.with_columns(evidence=evidence)
-        .filter(pl.col("evidence").is_not_null())
-        .select(list(CONNECTION_SCHEMA))
-    )
+    """Keep the WebSocket candidates (``websocket_evidence``), with their evidence."""
+    evidence = websocket_evidence(connections, ws_paths, include_all=include_all)
+    kept = connections.with_columns(evidence).select(list(CONNECTION_SCHEMA))
+    return kept if evidence.null_count() == 0 else kept.filter(evidence.is_not_null())

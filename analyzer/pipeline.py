@@ -2,7 +2,7 @@
 (chunks of whole files, then ``flush``) and the exporter (micro-batches, forever) run.
 
 Pure: lines in, classified connections and line accounting out. What counts as a WebSocket is
-decided by the caller from ``Step.connections`` with ``classify.select_websockets`` and the
+decided by the caller from ``Step.connections`` with ``classify.websocket_evidence`` and the
 running ``PathEvidence``, because analyze decides once at the end and the exporter as it goes.
 """
 
@@ -16,7 +16,7 @@ from datetime import datetime
 import polars as pl
 
 from analyzer.annotate import end_time
-from analyzer.classify import classify, select_websockets, websocket_paths
+from analyzer.classify import classify, websocket_evidence, websocket_paths
 from analyzer.correlate import CorrelationSettings, Correlator, Released
 from analyzer.decode import Decoded, decode_framed
 from analyzer.formats import FormatSet, default_formats
@@ -167,24 +167,34 @@ class Analysis:
     def result(
         self, *, include_all: bool = False, time_range: TimeRange | None = None
     ) -> AnalysisResult:
-        every = pl.concat([pl.DataFrame(schema=CONNECTION_SCHEMA), *self._connections])
+        # The table is large (a few hundred bytes a connection): it is copied once, by the
+        # gather that keeps the candidates in range, in report order.
+        parts = [pl.DataFrame(schema=CONNECTION_SCHEMA), *self._connections]
+        every = pl.concat(parts, rechunk=False)
         evidence = PathEvidence(limit=1_000_000)
         evidence.learn(every)
-        selected = select_websockets(every, evidence.paths, include_all=include_all)
+        kind = websocket_evidence(every, evidence.paths, include_all=include_all)
+        candidate = kind.is_not_null()
         within = time_range or TimeRange()
-        in_range, outside = within.split(selected)
+        keep = (
+            candidate & every.select(within.inside()).to_series() if within.bounded else candidate
+        )
+        order = every.select(pl.arg_sort_by("start_time", "request_id", nulls_last=True))
+        kept = order.to_series().filter(keep.gather(order.to_series()))
+        connections = every.with_columns(kind).select(list(CONNECTION_SCHEMA))[kept]
+        selected = int(candidate.sum())
         examples = pl.concat([pl.DataFrame(schema=REJECT_SCHEMA), *self._examples])
         return AnalysisResult(
-            connections=in_range.sort("start_time", "request_id", nulls_last=True),
+            connections=connections,
             lines={result: self._lines[result] for result in LineResult},
             rejects_by_reason=dict(self._reasons.most_common()),
             reject_examples=examples,
-            left_out_http=every.height - selected.height,
+            left_out_http=every.height - selected,
             non_http=self._non_http,
             evicted=dict(self._evicted),
             late_entries=self._late,
             time_range=within,
-            outside_range=outside,
+            outside_range=selected - connections.height,
         )
 
 

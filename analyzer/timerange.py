@@ -47,15 +47,8 @@ class TimeRange:
     def bounded(self) -> bool:
         return self.since is not None or self.until is not None
 
-    def split(self, connections: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-        """The connections in the range (CONNECTION_SCHEMA in, same out), and how many were
-        not."""
-        if not self.bounded or connections.height == 0:
-            return connections, 0
-        kept = connections.filter(self._inside())
-        return kept, connections.height - kept.height
-
-    def _inside(self) -> pl.Expr:
+    def inside(self) -> pl.Expr:
+        """Whether a connection (CONNECTION_SCHEMA) was open within the range."""
         start = pl.col("start_time")
         inside = pl.lit(True)
         if self.since is not None:
