@@ -69,7 +69,8 @@ class OptionalKind:
 
     @property
     def many(self) -> str:
-        return f"{self.kind[:-1]}ies" if self.kind.endswith("y") else f"{self.kind}s"
+        consonant_y = self.kind.endswith("y") and self.kind[-2] not in "aeiou"
+        return f"{self.kind[:-1]}ies" if consonant_y else f"{self.kind}s"
 
 
 VIRTUAL_SERVICES = OptionalKind(
