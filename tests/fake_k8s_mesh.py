@@ -1,14 +1,16 @@
 """The fake Kubernetes API of ``fake_k8s``, plus what ``wslog doctor`` reads from a cluster.
 
 ``FakeMeshKube`` serves everything ``FakeKube`` does (pods, logs, faults) and, on the same port
-and token: Services, Deployments, ConfigMaps (get by name), and the Istio CRDs
-``/apis/networking.istio.io/<version>/[namespaces/<ns>/]destinationrules|envoyfilters`` for the
-versions in ``istio_versions`` (others answer 404, as a cluster with older CRDs does)::
+and token: Services, Deployments, ConfigMaps, Namespaces (list, or get by name), and the Istio CRDs
+``/apis/networking.istio.io/<version>/[namespaces/<ns>/]<plural>`` (destinationrules,
+envoyfilters, virtualservices, gateways, serviceentries) for the versions in ``istio_versions``
+(others answer 404, as a cluster with older CRDs does)::
 
     with FakeMeshKube(istio_versions=("v1alpha3",)) as kube:
         kube.add_object(service_manifest)
         kube.add_pod("default", "web-1", {"app": "web"})
-        kube.deny("envoyfilters")
+        kube.deny("envoyfilters")        # 403 for list and get
+        kube.deny_list("configmaps")     # 403 for list only (a Role granting get)
 
 ``fake_k8s.py`` is left untouched: the extra routes live in a handler subclass that the server
 uses instead of the original (``RequestHandlerClass``), falling back to it for pod routes.
@@ -31,7 +33,12 @@ RESOURCES = {
     ("", "ConfigMap"): "configmaps",
     ("networking.istio.io", "DestinationRule"): "destinationrules",
     ("networking.istio.io", "EnvoyFilter"): "envoyfilters",
+    ("networking.istio.io", "VirtualService"): "virtualservices",
+    ("networking.istio.io", "Gateway"): "gateways",
+    ("networking.istio.io", "ServiceEntry"): "serviceentries",
+    ("", "Namespace"): "namespaces",
 }
+CLUSTER_SCOPED = frozenset({"namespaces"})
 COLLECTION = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
     r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<resource>[a-z]+)(?:/(?P<name>[^/]+))?$"
@@ -43,6 +50,7 @@ class FakeMeshKube(FakeKube):
         super().__init__()
         self.istio_versions = istio_versions
         self._objects: dict[str, list[dict[str, Any]]] = {r: [] for r in RESOURCES.values()}
+        self._denied_lists: set[str] = set()
         self._server.RequestHandlerClass = _MeshHandler
 
     def __enter__(self) -> FakeMeshKube:
@@ -50,22 +58,35 @@ class FakeMeshKube(FakeKube):
         return self
 
     def add_object(self, manifest: dict[str, Any]) -> None:
-        """A Service, Deployment, ConfigMap, DestinationRule or EnvoyFilter (namespace
-        ``default`` unless its metadata says otherwise)."""
+        """An object of a kind in ``RESOURCES`` (namespace ``default`` unless its metadata says
+        otherwise; a Namespace has none), replacing one of the same kind, namespace and name."""
         group = str(manifest.get("apiVersion", "v1")).rpartition("/")[0]
         resource = RESOURCES[(group, str(manifest["kind"]))]
         stored = copy.deepcopy(manifest)
-        stored.setdefault("metadata", {}).setdefault("namespace", "default")
+        if resource not in CLUSTER_SCOPED:
+            stored.setdefault("metadata", {}).setdefault("namespace", "default")
+        key = _identity(stored)
+        with self._lock:  # as kubectl apply: the same namespace and name replaces the object
+            kept = [o for o in self._objects[resource] if _identity(o) != key]
+            self._objects[resource] = [*kept, stored]
+
+    def deny_list(self, resource: str) -> None:
+        """Refuse (403) listing ``resource``; reading one object by name stays allowed."""
         with self._lock:
-            self._objects[resource].append(stored)
+            self._denied_lists.add(resource)
 
     def objects(self, resource: str, namespace: str | None) -> list[dict[str, Any]]:
         with self._lock:
             return [
                 copy.deepcopy(o)
                 for o in self._objects[resource]
-                if namespace in (None, o["metadata"]["namespace"])
+                if namespace in (None, o["metadata"].get("namespace"))
             ]
+
+
+def _identity(manifest: dict[str, Any]) -> tuple[str | None, str | None]:
+    meta = manifest.get("metadata", {})
+    return meta.get("namespace"), meta.get("name")
 
 
 class _MeshHandler(_PodHandler):
@@ -82,7 +103,9 @@ class _MeshHandler(_PodHandler):
             return
         with self.mesh._lock:
             self.mesh.requests.append(("mesh", self.path))
-            denied = match["resource"] in self.mesh._denied
+            denied = match["resource"] in self.mesh._denied or (
+                not match["name"] and match["resource"] in self.mesh._denied_lists
+            )
         if self.headers.get("Authorization") != f"Bearer {self.mesh.token}":
             self._status(401, "Unauthorized", "Unauthorized")
         elif denied:

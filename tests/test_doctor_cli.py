@@ -215,3 +215,51 @@ def test_istio_version_option_overrides_and_old_istio_fails_even_with_the_filter
     code, out = _doctor("--config", str(config), "--format", "json", "--istio-version", "1.24.0")
     assert code == 0
     assert "proxyVersion '^1\\.*.*' matches 1.24.0" in _server_row(out)["evidence"]
+
+
+SUBSET_SPLIT = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: websockets-server, namespace: default}
+spec:
+  hosts: [websockets-server]
+  http:
+  - route:
+    - {destination: {host: websockets-server, subset: v1}, weight: 50}
+    - {destination: {host: websockets-server, subset: v3}, weight: 50}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: websockets-server, namespace: default}
+spec:
+  host: websockets-server
+  subsets:
+  - {name: v1}
+  - name: v3
+    trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
+"""
+
+
+def test_logs_naming_a_subset_are_compared_with_that_subsets_row_only(tmp_path: Path) -> None:
+    """The lab's h2 capture, its client cluster renamed to subset v3: it agrees with v3's h1-h2
+    and leaves v1's h1-h1 unobserved (before, it counted for both and v1 disagreed)."""
+    config = tmp_path / "split.yaml"
+    base = ROOT / "tests/doctor_cases/base"
+    config.write_text(
+        "\n---\n".join(
+            [(base / "server.yaml").read_text(), (base / "allow-connect.yaml").read_text()]
+        )
+        + "\n---\n"
+        + SUBSET_SPLIT
+    )
+    logs = []
+    for name in ("client.log", "server.log"):
+        text = (ROOT / "testdata/lab/json/concurrent-h2" / name).read_text()
+        (tmp_path / name).write_text(text.replace("outbound|8080||", "outbound|8080|v3|"))
+        logs += ["--logs", str(tmp_path / name)]
+    code, out = _doctor("--config", str(config), "--format", "json", *logs)
+    assert code == 0
+    rows = {r["subset"]: r for r in json.loads(out)["services"]}
+    assert (rows["v1"]["upgrade_path"], rows["v1"]["agreement"]) == ("h1-h1", "not-observed")
+    assert (rows["v3"]["upgrade_path"], rows["v3"]["agreement"]) == ("h1-h2", "agree")
+    assert rows["v3"]["observed"]["connections"] == 3

@@ -94,7 +94,9 @@ def test_the_broken_variant_in_a_cluster_fails_with_the_fix(kube: FakeMeshKube) 
         "h2-connect-not-allowed",
     )
     assert "allow_connect: true" in row["remedy"]
-    assert kube.count_requests("mesh", "/apis/networking.istio.io/v1/") == 2  # not served: 404
+    # v1 is not served (404) for any of the five Istio kinds read: DestinationRules,
+    # EnvoyFilters, VirtualServices, Gateways and ServiceEntries
+    assert kube.count_requests("mesh", "/apis/networking.istio.io/v1/") == 5
     assert kube.count_requests("mesh", "/apis/networking.istio.io/v1beta1/destinationrules") == 1
 
 
@@ -192,3 +194,118 @@ def test_a_cluster_without_services_exits_2_naming_where_it_looked(kube: FakeMes
     assert result.exit_code == 2
     assert "no Service found in namespace(s) apps of the cluster" in result.stderr
     assert result.stdout == ""
+
+
+# -- the same verdicts as the YAML cases, served by the API --------------------------------
+
+CASES = ROOT / "tests" / "doctor_cases"
+SERVED_CASES = (
+    "subset-policy-istio-test",
+    "subset-split-bookinfo",
+    "revision-canary-mesh",
+    "revision-default-mesh",
+    "revision-envoyfilter-other-revision",
+    "serviceentry-mesh-upgrade",
+    "gateway-server-knative-gateway-filter",
+    "version-helm-istiod-image-1-24",
+    "version-helm-injector-values-canary-1-11",
+    "version-helm-injector-values-default",
+)
+
+
+def _case(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    case: dict[str, Any] = yaml.safe_load((CASES / f"{name}.yaml").read_text())
+    paths = [f"tests/doctor_cases/base/{b}.yaml" for b in case.get("include", [])]
+    paths += [f"testdata/doctor/{p}.yaml" for p in case.get("published", [])]
+    return case, [*_manifests(*paths), *case.get("objects", [])]
+
+
+def _case_args(case: dict[str, Any]) -> list[str]:
+    settings = case.get("settings", {})
+    args = []
+    if "client_namespace" in settings:
+        args += ["--client-namespace", settings["client_namespace"]]
+    if "istio_version" in settings:
+        args += ["--istio-version", settings["istio_version"]]
+    return args
+
+
+@pytest.mark.parametrize("name", SERVED_CASES)
+def test_a_case_served_by_the_api_gives_the_verdicts_of_its_files(
+    name: str, tmp_path: Path
+) -> None:
+    case, objects = _case(name)
+    config = tmp_path / "all.yaml"
+    config.write_text(yaml.safe_dump_all(objects, sort_keys=False))  # as written, as served
+    args = ["--format", "json", *_case_args(case)]
+    from_files = CliRunner().invoke(app, ["doctor", "--config", str(config), *args])
+    with FakeMeshKube(istio_versions=("v1", "v1alpha3")) as fake:
+        _load(fake, *objects)
+        code, from_cluster = _doctor(fake, *_case_args(case))
+    assert code == from_files.exit_code
+    assert from_cluster == json.loads(from_files.stdout)
+    rows = {(r["service"], r["port"], r.get("subset")): r for r in from_cluster["services"]}
+    for want in case["expect"]:
+        row = rows[(want["service"], want["port"], want.get("subset"))]
+        for key in ("upgrade_path", "verdict", "cause"):
+            assert row[key] == want.get(key, row[key]), key
+
+
+def test_refused_optional_kinds_are_problems_naming_the_rbac_rule() -> None:
+    """Without VirtualServices the subset is not known; without listing ConfigMaps the istio
+    ConfigMap is still read by name (and its mesh-wide UPGRADE decides)."""
+    _, objects = _case("subset-policy-istio-test")
+    with FakeMeshKube() as fake:
+        _load(fake, *objects, _mesh_configmap("h2UpgradePolicy: UPGRADE\n"))
+        for resource in ("virtualservices", "gateways", "serviceentries", "namespaces"):
+            fake.deny(resource)
+        fake.deny_list("configmaps")
+        code, out = _doctor(fake)
+    assert code == 1
+    [row] = out["services"]
+    assert (row["service"], row.get("subset"), row["upgrade_path"]) == (
+        "b.echo.svc.cluster.local",
+        None,
+        "h1-h2",
+    )
+    assert "mesh-wide h2UpgradePolicy UPGRADE (ConfigMap istio-system/istio" in row["evidence"]
+    assert out["problems"] == [
+        "VirtualServices not read (403 Forbidden): no subset routing is predicted; to read "
+        'them, add to a ClusterRole the rule apiGroups: ["networking.istio.io"], '
+        'resources: ["virtualservices"], verbs: ["list"]',
+        "Gateways not read (403 Forbidden): only pods with Istio's gateway labels count as "
+        'gateways; to read them, add to a ClusterRole the rule apiGroups: ["networking.istio.io"], '
+        'resources: ["gateways"], verbs: ["list"]',
+        "ServiceEntries not read (403 Forbidden): ServiceEntry hosts are not checked; to read "
+        'them, add to a ClusterRole the rule apiGroups: ["networking.istio.io"], '
+        'resources: ["serviceentries"], verbs: ["list"]',
+        "Namespaces not read (403 Forbidden): a namespace's istio.io/rev revision is not known; "
+        'to read them, add to a ClusterRole the rule apiGroups: [""], resources: '
+        '["namespaces"], verbs: ["list"]',
+        "ConfigMaps not read (403 Forbidden): only ConfigMap istio is read: other revisions' "
+        "mesh configs and the injector's values (Istio's version) are not; to read them, add to "
+        'a Role in namespace istio-system the rule apiGroups: [""], resources: ["configmaps"], '
+        'verbs: ["list"]',
+    ]
+
+
+def test_scoped_reads_get_each_namespace_and_list_the_root_namespaces_config_maps() -> None:
+    case, objects = _case("revision-canary-mesh")
+    with FakeMeshKube() as fake:
+        _load(fake, *objects)
+        code, out = _doctor(fake, "-n", "default", "-n", "canary-apps", *_case_args(case))
+        fake.deny("namespaces")
+        _, refused = _doctor(fake, "-n", "default", "-n", "canary-apps", *_case_args(case))
+    assert code == 1
+    assert "ConfigMap istio-system/istio-canary (data.mesh)" in out["services"][0]["evidence"]
+    gets = [path.partition("?")[0] for kind, path in fake.requests if kind == "mesh"]
+    assert gets.count("/api/v1/namespaces/canary-apps") == 2  # once per run, by name
+    assert gets.count("/api/v1/namespaces") == 0
+    assert gets.count("/api/v1/namespaces/istio-system/configmaps") == 2
+    assert fake.count_requests("mesh", "/namespaces/istio-system/virtualservices") == 2
+    assert "ConfigMap istio-system/istio (data.mesh)" in refused["services"][0]["evidence"]
+    assert refused["problems"] == [
+        "Namespaces not read (403 Forbidden): a namespace's istio.io/rev revision is not known; "
+        'to read them, add to a ClusterRole the rule apiGroups: [""], resources: '
+        '["namespaces"], verbs: ["get"]'
+    ]

@@ -144,3 +144,69 @@ def test_port_protocol_never_raises_and_http2_prefixes_mean_http2(
     assert said
     if app_protocol is None and name.lower().split("-")[0] in ("http2", "grpc"):
         assert protocol.is_http2
+
+
+# -- subsets ------------------------------------------------------------------------------------
+
+
+def _subset_rows() -> list[Prediction]:
+    v1 = replace(_prediction(UpgradePath.H1_H1, Verdict.OK), subset="v1")
+    v3 = replace(_prediction(UpgradePath.H1_H2, Verdict.FAIL), subset="v3")
+    return [v1, v3]
+
+
+def test_an_observation_naming_its_subset_counts_only_for_that_subsets_row() -> None:
+    failing = replace(_seen(UpgradePath.H1_H2, Cause.H2_CONNECT_NOT_ALLOWED), subset="v3")
+    comparisons, _ = compare(_subset_rows(), [failing])
+    assert [(c.prediction.subset, c.agreement) for c in comparisons] == [
+        ("v1", Agreement.NOT_OBSERVED),
+        ("v3", Agreement.AGREE),
+    ]
+
+
+def test_an_observation_without_a_known_subset_counts_for_every_subset_row() -> None:
+    untold = _seen(UpgradePath.H1_H2, Cause.H2_CONNECT_NOT_ALLOWED)  # subset None
+    unpredicted = replace(untold, subset="v9")  # a subset no row predicts
+    for seen in (untold, unpredicted):
+        comparisons, _ = compare(_subset_rows(), [seen])
+        assert [(c.prediction.subset, c.agreement) for c in comparisons] == [
+            ("v1", Agreement.DISAGREE),
+            ("v3", Agreement.AGREE),
+        ]
+
+
+def test_a_cluster_without_subset_goes_to_the_row_of_no_subset() -> None:
+    rows = [_prediction(UpgradePath.H1_H1, Verdict.OK), *_subset_rows()]
+    comparisons, _ = compare(rows, [replace(_seen(UpgradePath.H1_H1), subset="")])
+    assert [(c.prediction.subset, c.agreement) for c in comparisons] == [
+        (None, Agreement.AGREE),
+        ("v1", Agreement.NOT_OBSERVED),
+        ("v3", Agreement.NOT_OBSERVED),
+    ]
+
+
+def test_observations_from_analyze_carry_the_subset_of_the_client_cluster(
+    testdata: Path, tmp_path: Path
+) -> None:
+    for log in ("client.log", "server.log"):
+        text = (testdata / "lab/json/concurrent-h2" / log).read_text()
+        (tmp_path / log).write_text(text.replace("outbound|8080||", "outbound|8080|v3|"))
+    seen = observations(analyze_paths([str(tmp_path)]).connections)
+    assert {(o.port, o.subset) for o in seen} == {(8080, "v3")}
+    plain = observations(analyze_paths([str(testdata / "lab/json/concurrent-h2")]).connections)
+    assert {(o.port, o.subset) for o in plain} == {(8080, "")}
+
+
+def test_a_server_only_observation_takes_the_subset_from_the_mtls_sni(
+    testdata: Path, tmp_path: Path
+) -> None:
+    sni = "outbound_.8080_.v3_.websockets-server.default.svc.cluster.local"
+    text = (testdata / "lab/json/concurrent-h2/server.log").read_text()
+    (tmp_path / "server.log").write_text(
+        text.replace('"requested_server_name":null', f'"requested_server_name":"{sni}"')
+    )
+    seen = observations(analyze_paths([str(tmp_path / "server.log")]).connections)
+    assert len(seen) == 3
+    assert {(o.service, o.port, o.subset) for o in seen} == {
+        ("websockets-server.default.svc.cluster.local", None, "v3")
+    }

@@ -2,14 +2,16 @@
 
 Observations are ``wslog analyze``'s connections. They are matched to a prediction by
 destination service and, when the client sidecar's cluster names it (``outbound|8080||host``,
-``naming.service_port``), by port. Only the sidecar-to-sidecar hop is compared (the
-app-to-sidecar half is the client's choice, ``hops.mesh_hop``), and the verdict:
-``h2-connect-not-allowed`` observed means ``fail``.
+``naming.service_port``), by port; and by subset where the log tells it (the cluster's third
+field, ``outbound|8080|v1|host``, or the server's mTLS SNI ``outbound_.8080_.v1_.host``) and a
+prediction row has that subset, else to every subset row of the port. Only the
+sidecar-to-sidecar hop is compared (the app-to-sidecar half is the client's choice,
+``hops.mesh_hop``), and the verdict: ``h2-connect-not-allowed`` observed means ``fail``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -35,6 +37,7 @@ class Observation:
     upgrade_path: UpgradePath
     outcome: Outcome
     cause: Cause
+    subset: str | None = None  # "": the cluster names no subset; None: the log does not tell
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,10 @@ def compare(
     predictions: Sequence[Prediction], observations: Sequence[Observation]
 ) -> tuple[list[Comparison], list[Observed]]:
     """Each prediction with what was observed for it, and observed services nothing predicts."""
-    comparisons = [_compare_one(p, _matching(p, observations)) for p in predictions]
+    subsets: dict[tuple[str, int], set[str]] = {}
+    for p in predictions:
+        subsets.setdefault((p.service, p.port), set()).add(p.subset or "")
+    comparisons = [_compare_one(p, _matching(p, observations, subsets)) for p in predictions]
     predicted = {p.service for p in predictions}
     strays = [o for o in observations if o.service not in predicted]
     keys = sorted({(o.service, o.port) for o in strays}, key=lambda k: (k[0], k[1] or 0))
@@ -82,12 +88,25 @@ def compare(
     return comparisons, unexplained
 
 
-def _matching(prediction: Prediction, observations: Iterable[Observation]) -> list[Observation]:
+def _matching(
+    prediction: Prediction,
+    observations: Iterable[Observation],
+    subsets: Mapping[tuple[str, int], set[str]],
+) -> list[Observation]:
     return [
         o
         for o in observations
-        if o.service == prediction.service and o.port in (None, prediction.port)
+        if o.service == prediction.service
+        and o.port in (None, prediction.port)
+        and _same_subset(o, prediction, subsets.get((prediction.service, prediction.port), set()))
     ]
+
+
+def _same_subset(observation: Observation, prediction: Prediction, predicted: set[str]) -> bool:
+    """The observation's subset is the row's, or the log does not tell one a row predicts."""
+    if observation.subset is None or observation.subset not in predicted:
+        return True
+    return observation.subset == (prediction.subset or "")
 
 
 def _summarise(service: str, port: int | None, seen: Sequence[Observation]) -> Observed:
@@ -148,9 +167,15 @@ def _verdict_disagreement(prediction: Prediction, observed: Observed) -> list[st
 
 def observations(connections: pl.DataFrame) -> list[Observation]:
     """``AnalysisResult.connections`` rows as observations."""
-    port = naming.service_port(pl.col("client").struct.field("upstream_cluster"))
+    cluster = pl.col("client").struct.field("upstream_cluster")
+    port = naming.service_port(cluster)
     rows = connections.select(
-        "destination_service", "upgrade_path", "outcome", "cause", port.alias("port")
+        "destination_service",
+        "upgrade_path",
+        "outcome",
+        "cause",
+        port.alias("port"),
+        _subset(cluster, pl.col("server").struct.field("requested_server_name")).alias("subset"),
     ).iter_rows(named=True)
     return [
         Observation(
@@ -159,6 +184,21 @@ def observations(connections: pl.DataFrame) -> list[Observation]:
             upgrade_path=UpgradePath(row["upgrade_path"]),
             outcome=Outcome(row["outcome"]),
             cause=Cause(row["cause"] or ""),
+            subset=row["subset"],
         )
         for row in rows
     ]
+
+
+def _subset(cluster: pl.Expr, sni: pl.Expr) -> pl.Expr:
+    """The subset field of the client's ``outbound|PORT|SUBSET|HOST`` cluster (the fields
+    ``naming`` reads it by), else of the server's SNI ``outbound_.PORT_.SUBSET_.HOST`` (``_``: no
+    subset); null when neither is there."""
+    from_cluster = cluster.str.split("|").list.get(2, null_on_oob=True)
+    from_sni = sni.str.split("_.").list.get(2, null_on_oob=True).replace("_", "")
+    return (
+        pl.when(naming.service_port(cluster).is_not_null())
+        .then(from_cluster)
+        .when(naming.sni_service(sni).is_not_null())
+        .then(from_sni)
+    )

@@ -39,15 +39,20 @@ from analyzer.doctor.model import (
     VirtualService,
     Workload,
 )
+from analyzer.doctor.versions import minor_version
 
 HCM_NAMES = ("envoy.filters.network.http_connection_manager", "envoy.http_connection_manager")
 HCM_TYPE_SUFFIX = "HttpConnectionManager"
 POD_TEMPLATE_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 MESH_CONFIGMAP = re.compile(r"^istio(?:-(?P<rev>[a-z0-9-]+))?$")
+INJECTOR_CONFIGMAP = re.compile(r"^istio-sidecar-injector(?:-(?P<rev>[a-z0-9-]+))?$")
 REV_LABEL = "istio.io/rev"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 PARTS = ("svc", "wl", "dr", "ef", "mesh", "ver", "bad", "vs", "gw", "ns", "se")
-VERSION_IMAGE = re.compile(r"/(?:pilot|proxyv2)(?:-[a-z]+)?:(?P<tag>\d+\.\d+[^@\s]*)")
+VERSION_IMAGE = re.compile(r"/(?P<image>pilot|proxyv2)(?:-[a-z]+)?:(?P<tag>\d+\.\d+[^@\s]*)")
+# Where Istio's version was read, most telling first: istiod's image (its rules build the
+# clusters), the installation's values (IstioOperator, the injector's Helm values), a sidecar's.
+RANK_ISTIOD, RANK_VALUES, RANK_PROXY = 0, 1, 2
 
 Doc = Mapping[str, Any]
 
@@ -60,7 +65,8 @@ def inventory_from_manifests(
     for doc in applied(_flatten(docs), default_namespace):
         _collect(doc, default_namespace, parts)
     meshes: list[MeshSettings] = parts["mesh"]
-    versions: list[tuple[str, str, str]] = parts["ver"]  # revision, version, where
+    # revision, version, where, rank; the best ranked first (a stable sort keeps reading order)
+    versions: list[tuple[str, str, str, int]] = sorted(parts["ver"], key=lambda v: v[3])
     default = [v for v in versions if not v[0]] or versions
     version, version_source = (default[0][1], default[0][2]) if default else (None, "")
     gateways: list[GatewaySelector] = parts["gw"]
@@ -77,7 +83,7 @@ def inventory_from_manifests(
         gateways=tuple(gateways),
         meshes=tuple(meshes),
         namespace_revisions=dict(parts["ns"]),
-        revision_versions={rev: (v, where) for rev, v, where in reversed(versions) if rev},
+        revision_versions={rev: (v, where) for rev, v, where, _ in reversed(versions) if rev},
     )
 
 
@@ -118,7 +124,7 @@ def _collect(doc: Doc, default_ns: str, parts: dict[str, list[Any]]) -> None:
             parts["svc"].append(parse_service(doc, ns))
         elif kind == "Pod" or kind in POD_TEMPLATE_KINDS:
             parts["wl"].append(parse_workload(doc, ns))
-            parts["ver"].extend(_versions(doc))
+            parts["ver"].extend(_versions(doc, ns))
         elif kind == "DestinationRule":
             parts["dr"].append(parse_destination_rule(doc, ns))
         elif kind == "EnvoyFilter":
@@ -126,6 +132,7 @@ def _collect(doc: Doc, default_ns: str, parts: dict[str, list[Any]]) -> None:
         elif kind in ("ConfigMap", "IstioOperator"):
             parts["mesh"].extend(_mesh(doc, kind, ns))
             parts["ver"].extend(_operator_version(doc, kind))
+            parts["ver"].extend(_injector_version(doc, kind, ns))
         else:
             _collect_more(doc, kind, ns, parts)
     except (TypeError, ValueError, AttributeError, KeyError, yaml.YAMLError) as error:
@@ -253,7 +260,10 @@ def _as_gateway(workload: Workload, gateways: Iterable[GatewaySelector]) -> Work
     return workload
 
 
-def _versions(doc: Doc) -> Iterator[tuple[str, str, str]]:
+Version = tuple[str, str, str, int]  # revision, version, where it was read, rank
+
+
+def _versions(doc: Doc, ns: str) -> Iterator[Version]:
     """Istio's version from istiod's (pilot) or a sidecar's (proxyv2) image tag, with the
     revision of the control plane (``istio.io/rev``) it belongs to."""
     pod = doc if doc.get("kind") == "Pod" else _map(_map(doc.get("spec")).get("template"))
@@ -262,19 +272,47 @@ def _versions(doc: Doc) -> Iterator[tuple[str, str, str]]:
     for container in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]:
         match = VERSION_IMAGE.search(str(_map(container).get("image", "")))
         if match:
-            where = object_ref(doc, str(_meta(doc).get("namespace") or DEFAULT_NAMESPACE))
-            yield revision, match["tag"], f"image of {where}"
+            rank = RANK_ISTIOD if match["image"] == "pilot" else RANK_PROXY
+            where = f"image of {object_ref(doc, ns)}"
+            yield _control_plane(revision), match["tag"], where, rank
 
 
-def _operator_version(doc: Doc, kind: str) -> Iterator[tuple[str, str, str]]:
+def _operator_version(doc: Doc, kind: str) -> Iterator[Version]:
     """An IstioOperator's ``spec.tag`` or ``spec.values.global.tag``."""
     if kind != "IstioOperator":
         return
     spec = _map(doc.get("spec"))
     tag = spec.get("tag") or _map(_map(spec.get("values")).get("global")).get("tag")
-    if tag and VERSION_IMAGE.search(f"/pilot:{tag}"):
+    if _release(tag):
         where = object_ref(doc, str(_meta(doc).get("namespace") or DEFAULT_ROOT_NAMESPACE))
-        yield str(spec.get("revision") or ""), str(tag), f"tag of {where}"
+        yield _control_plane(spec.get("revision")), str(tag), f"tag of {where}", RANK_VALUES
+
+
+def _injector_version(doc: Doc, kind: str, ns: str) -> Iterator[Version]:
+    """``global.tag`` of the Helm values istiod's chart writes into ConfigMap
+    ``istio-sidecar-injector`` (``-<revision>``), key ``values`` (JSON)."""
+    name = str(_meta(doc).get("name", "")) if kind == "ConfigMap" else ""
+    named = INJECTOR_CONFIGMAP.match(name)
+    text = _map(doc.get("data")).get("values")
+    if named is None or not isinstance(text, str):
+        return
+    values = _map(yaml.safe_load(text))
+    tag = _map(values.get("global")).get("tag")
+    if _release(tag):
+        revision = values.get("revision") or _revision(doc) or named["rev"]
+        where = f"values global.tag of {object_ref(doc, ns)}"
+        yield _control_plane(revision), str(tag), where, RANK_VALUES
+
+
+def _release(tag: Any) -> bool:
+    """A tag that names a release (``1.22.1``, ``1.22.1-distroless``), not ``latest``."""
+    return bool(tag) and minor_version(str(tag)) is not None
+
+
+def _control_plane(revision: Any) -> str:
+    """A revision as the doctor keys control planes: ``default`` (and none) is ``""``."""
+    text = str(revision or "")
+    return "" if text == "default" else text
 
 
 # -- Istio ------------------------------------------------------------------------------------
@@ -456,10 +494,10 @@ def _mesh(doc: Doc, kind: str, ns: str) -> Iterator[MeshSettings]:
     plane) or of an IstioOperator (``spec.revision``)."""
     if kind == "ConfigMap":
         named = MESH_CONFIGMAP.match(str(_meta(doc).get("name", "")))
-        if not named:
-            return
         text = _map(doc.get("data")).get("mesh")
-        mesh = _map(yaml.safe_load(text)) if isinstance(text, str) else {}
+        if not named or not isinstance(text, str):
+            return  # istio-ca-root-cert, istio-sidecar-injector ... hold no mesh config
+        mesh = _map(yaml.safe_load(text))
         where = f"{object_ref(doc, ns)} (data.mesh)"
         yield mesh_settings(mesh, ns, where, named["rev"] or "")
     else:
@@ -467,6 +505,12 @@ def _mesh(doc: Doc, kind: str, ns: str) -> Iterator[MeshSettings]:
         mesh = _map(spec.get("meshConfig"))
         where = object_ref(doc, ns)
         yield mesh_settings(mesh, DEFAULT_ROOT_NAMESPACE, where, str(spec.get("revision") or ""))
+
+
+def istio_config_map(name: str) -> bool:
+    """A ConfigMap of Istio's control planes the doctor reads: the mesh config (``istio``,
+    ``istio-<revision>``) or the injector's values (``istio-sidecar-injector[-<revision>]``)."""
+    return MESH_CONFIGMAP.match(name) is not None
 
 
 def mesh_settings(

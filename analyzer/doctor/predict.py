@@ -101,6 +101,7 @@ class HopDecision:
     choice: RuleChoice | None = None
     cluster_filter: EnvoyFilter | None = None  # the CLUSTER patch's filter, when it decided
     cluster_patch_index: int | None = None
+    hop_before_patch: Hop | None = None  # what Istio built before the CLUSTER patch decided
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ def _fix(route: Route, hop: HopDecision, check: ConnectCheck) -> Fix:
         external=check.external,
         cluster_filter=hop.cluster_filter,
         cluster_patch_index=hop.cluster_patch_index,
+        h2_without_patch=hop.hop_before_patch is Hop.H2,
     )
 
 
@@ -370,6 +372,7 @@ def _cluster_patched(inventory: Inventory, route: Route, decision: HopDecision) 
         evidence=(*decision.evidence, said, *notes),
         cluster_filter=decisive.envoy_filter,
         cluster_patch_index=decisive.patch.index,
+        hop_before_patch=decision.hop,
     )
 
 

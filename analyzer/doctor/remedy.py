@@ -57,6 +57,7 @@ class Fix:
     external: bool = False
     cluster_filter: EnvoyFilter | None = None
     cluster_patch_index: int | None = None
+    h2_without_patch: bool = False  # the CLUSTER patch decided, but the hop is HTTP/2 without it
 
     @property
     def old_istio(self) -> bool:
@@ -85,6 +86,8 @@ def options(fix: Fix) -> tuple[Option, ...]:
         return (_keep_h1(fix, only),)
     if fix.external:
         return (_keep_h1(fix, " (the only fix: no proxy of the mesh serves the host)"),)
+    if fix.h2_without_patch:  # removing the patch alone leaves the hop on HTTP/2
+        return (_accept_connect(fix),)
     return (_accept_connect(fix), _keep_h1(fix))
 
 

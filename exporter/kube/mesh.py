@@ -2,9 +2,15 @@
 
 Services, Deployments and Pods (their labels), DestinationRules and EnvoyFilters (the first
 ``networking.istio.io`` version the server serves: v1, v1beta1, v1alpha3), the ``istio``
-ConfigMap of the root namespace (the mesh config) and istiod's Deployment there (Istio's version).
-Lists are read raw (``_preload_content=False``) so the documents are exactly what ``kubectl get
--o yaml`` shows, and go through the same ``parse`` as files do.
+ConfigMap of the root namespace (the mesh config) and istiod's Deployments there (Istio's version
+per revision). Lists are read raw (``_preload_content=False``) so the documents are exactly what
+``kubectl get -o yaml`` shows, and go through the same ``parse`` as files do.
+
+Without those the prediction is wrong, so a refusal stops the command. What only refines it is
+optional: VirtualServices, Gateways and ServiceEntries, Namespaces (``istio.io/rev``), and the
+ConfigMaps of every control plane in the root namespace (``istio-<revision>`` mesh configs, the
+injector's Helm values with ``global.tag``). A refusal to read one of those is a problem in the
+report naming the RBAC rule to add, and the prediction goes on without it.
 
 Part of the ``exporter.kube`` package, the one place that talks to Kubernetes.
 """
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +30,7 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from analyzer.doctor.model import DEFAULT_ROOT_NAMESPACE, Inventory
-from analyzer.doctor.parse import inventory_from_manifests
+from analyzer.doctor.parse import inventory_from_manifests, istio_config_map
 from analyzer.errors import WslogError
 
 __all__ = ["MeshReadSettings", "read_cluster"]
@@ -52,9 +58,46 @@ class MeshReadSettings:
     request_timeout_s: float = 30.0
 
 
+@dataclass(frozen=True)
+class OptionalKind:
+    """A kind the prediction can go without, and what it loses when the kind is refused."""
+
+    kind: str
+    group: str  # the RBAC rule's apiGroups entry ("" for the core group)
+    plural: str
+    loss: str
+
+    @property
+    def many(self) -> str:
+        consonant_y = self.kind.endswith("y") and self.kind[-2] not in "aeiou"
+        return f"{self.kind[:-1]}ies" if consonant_y else f"{self.kind}s"
+
+
+VIRTUAL_SERVICES = OptionalKind(
+    "VirtualService", ISTIO_GROUP, "virtualservices", "no subset routing is predicted"
+)
+GATEWAYS = OptionalKind(
+    "Gateway", ISTIO_GROUP, "gateways", "only pods with Istio's gateway labels count as gateways"
+)
+SERVICE_ENTRIES = OptionalKind(
+    "ServiceEntry", ISTIO_GROUP, "serviceentries", "ServiceEntry hosts are not checked"
+)
+NAMESPACES = OptionalKind(
+    "Namespace", "", "namespaces", "a namespace's istio.io/rev revision is not known"
+)
+CONFIG_MAPS = OptionalKind(
+    "ConfigMap",
+    "",
+    "configmaps",
+    "only ConfigMap istio is read: other revisions' mesh configs and the injector's values "
+    "(Istio's version) are not",
+)
+
+
 def read_cluster(settings: MeshReadSettings) -> Inventory:
     reader = _Reader(_connect(settings), settings)
-    return inventory_from_manifests(list(reader.manifests()))
+    inventory = inventory_from_manifests(list(reader.manifests()))
+    return replace(inventory, problems=(*reader.refused, *inventory.problems))
 
 
 def _connect(settings: MeshReadSettings) -> Any:
@@ -105,6 +148,8 @@ class _Reader:
         self.custom: Any = client.CustomObjectsApi(api_client)
         self.settings = settings
         self.served: dict[str, str] = {}  # plural -> the Istio API version the server serves
+        self.refusals: list[OptionalKind] = []
+        self.refused: list[str] = []  # problems: optional kinds the account may not read
 
     def manifests(self) -> Iterator[dict[str, Any]]:
         s = self.settings
@@ -119,9 +164,59 @@ class _Reader:
         ):
             for namespace in _with_root(s.namespaces, s.root_namespace):
                 yield from self._istio(plural, kind, namespace)
+        for optional in (VIRTUAL_SERVICES, GATEWAYS, SERVICE_ENTRIES):
+            for namespace in _with_root(s.namespaces, s.root_namespace):
+                found = self._istio(optional.plural, optional.kind, namespace)
+                yield from self._optional(optional, found)
         if s.namespaces and s.root_namespace not in s.namespaces:
             yield from self._list("Deployment", self.apps, "deployment", s.root_namespace)
-        yield from self._mesh_config()
+        yield from self._namespaces()
+        yield from self._config_maps()
+
+    def _optional(
+        self, optional: OptionalKind, found: Iterator[dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
+        """The objects read; refused (403): none, and a problem naming the rule to add."""
+        try:
+            read = list(found)
+        except _Refused as refused:
+            if optional.kind not in {o.kind for o in self.refusals}:
+                self.refusals.append(optional)
+                self.refused.append(_refused(optional, refused, self.settings))
+            return
+        yield from read
+
+    def _namespaces(self) -> Iterator[dict[str, Any]]:
+        """Every Namespace, or those of ``--namespace`` one by one (``get``)."""
+        if not self.settings.namespaces:
+            yield from self._optional(NAMESPACES, self._all_namespaces())
+            return
+        for namespace in self.settings.namespaces:
+            found = self._get(self.core.read_namespace, "Namespace", namespace)
+            yield from self._optional(NAMESPACES, found)
+
+    def _all_namespaces(self) -> Iterator[dict[str, Any]]:
+        yield from _items(self._call(self.core.list_namespace, "Namespace"), "Namespace")
+
+    def _config_maps(self) -> Iterator[dict[str, Any]]:
+        """Every control plane's ConfigMaps in the root namespace; refused: ConfigMap ``istio``
+        alone (``get``, as before revisions were read)."""
+        root = self.settings.root_namespace
+        listed = self._optional(CONFIG_MAPS, self._list("ConfigMap", self.core, "config_map", root))
+        found = [c for c in listed if istio_config_map(str(c.get("metadata", {}).get("name")))]
+        if CONFIG_MAPS in self.refusals:
+            found = list(
+                self._get(self.core.read_namespaced_config_map, "ConfigMap", "istio", root)
+            )
+        yield from ({**c, "apiVersion": "v1"} for c in found)
+
+    def _get(self, call: Callable[..., Any], kind: str, *args: str) -> Iterator[dict[str, Any]]:
+        """One object by name; none when it is not there."""
+        try:
+            body = self._call(call, kind, *args, raise_404=True)
+        except _NotServed:
+            return
+        yield {"kind": kind, "apiVersion": "v1", **body}
 
     def _list(
         self, kind: str, api: Any, what: str, namespace: str | None
@@ -152,16 +247,6 @@ class _Reader:
         call = self.custom.list_namespaced_custom_object
         return self._call(call, kind, ISTIO_GROUP, version, namespace, plural, raise_404=True)
 
-    def _mesh_config(self) -> Iterator[dict[str, Any]]:
-        call = self.core.read_namespaced_config_map
-        try:
-            body = self._call(
-                call, "ConfigMap", "istio", self.settings.root_namespace, raise_404=True
-            )
-        except _NotServed:
-            return  # no istio ConfigMap: Istio's defaults
-        yield {"kind": "ConfigMap", "apiVersion": "v1", **body}
-
     def _call(
         self, call: Callable[..., Any], kind: str, *args: Any, raise_404: bool = False
     ) -> Any:
@@ -173,6 +258,8 @@ class _Reader:
         except ApiException as error:
             if error.status == 404 and raise_404:
                 raise _NotServed from error
+            if error.status == 403:
+                raise _Refused(_denied(kind, error), error) from error
             raise ClusterReadError(_denied(kind, error)) from error
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise ClusterReadError(
@@ -182,6 +269,31 @@ class _Reader:
 
 class _NotServed(Exception):
     """404: that resource (or API version) is not there."""
+
+
+class _Refused(ClusterReadError):
+    """403: the account may not read that kind (fatal unless the kind is optional)."""
+
+    def __init__(self, message: str, error: ApiException) -> None:
+        super().__init__(message)
+        self.status, self.reason = error.status, error.reason
+
+
+def _refused(optional: OptionalKind, refused: _Refused, settings: MeshReadSettings) -> str:
+    """What was not read, what the prediction loses, and the RBAC rule that would read it."""
+    verb, where = "list", "a ClusterRole"
+    if optional is CONFIG_MAPS:
+        where = f"a Role in namespace {settings.root_namespace}"
+    elif optional is NAMESPACES and settings.namespaces:
+        verb = "get"
+    elif settings.namespaces:
+        shown = ", ".join(dict.fromkeys((*settings.namespaces, settings.root_namespace)))
+        where = f"a Role in each of namespace(s) {shown}"
+    return (
+        f"{optional.many} not read ({refused.status} {refused.reason}): {optional.loss}; "
+        f'to read them, add to {where} the rule apiGroups: ["{optional.group}"], '
+        f'resources: ["{optional.plural}"], verbs: ["{verb}"]'
+    )
 
 
 def _with_root(namespaces: tuple[str, ...], root: str) -> tuple[str | None, ...]:
