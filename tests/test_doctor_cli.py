@@ -53,7 +53,7 @@ def _render(variant: str, tmp_path: Path) -> Path:
     return out
 
 
-OPTIONAL_KEYS = {"subset", "differs_on"}  # added by issue 17: a subset's row, unknown version
+OPTIONAL_KEYS = {"subset", "differs_on"}  # on a subset's row; with an unknown version
 
 
 @needs_kubectl
