@@ -224,9 +224,8 @@ class Correlator:
         return side.by_partner(self._sources.fill(proven), CONN)
 
     def _take(self, ready: pl.Expr, *, final: bool = False) -> Released:
-        frame = self._pending.with_columns(_ready=ready)
-        released = frame.filter(pl.col("_ready")).drop("_ready")
-        rest = frame.filter(~pl.col("_ready")).drop("_ready")
+        mask = self._pending.with_columns(_ready=ready.fill_null(False)).get_column("_ready")
+        released, rest = self._pending.filter(mask), self._pending.filter(~mask)
         rest, early = self._cap(rest)
         self._pending = rest
         out = self._settle(pl.concat([released, early], how="vertical"))
@@ -239,19 +238,23 @@ class Correlator:
         """Keep (as their entries, sides as their own evidence gave them) the connections that
         lack a side; return the paired ones."""
         role = pl.col("role")
-        paired = ((role == CLIENT).any() & (role == SERVER).any()).over(CONN)
-        held = settled.filter(~paired).get_column("uid")
-        own_sides = annotate(settled.filter(pl.col("uid").is_in(held.implode())))
-        self._held = pl.concat([self._held, conform(own_sides, PENDING_SCHEMA)])
-        out = settled.filter(paired)
-        done = out.filter(pl.col("group").str.starts_with("r|"))
+        both = ((role == CLIENT).any() & (role == SERVER).any()).over(CONN)
+        paired = settled.select(both).to_series()
+        if not paired.all():
+            own_sides = annotate(settled.filter(~paired))
+            self._held = pl.concat([self._held, conform(own_sides, PENDING_SCHEMA)])
+            settled = settled.filter(paired)
+        by_id = pl.col("group").str.starts_with("r|")
+        done = settled.select(
+            pl.col("group").filter(by_id).unique().hash(), pl.col("conn_end").filter(by_id).max()
+        )
         if done.height:
-            self._released = pl.concat([self._released, done.get_column("group").unique().hash()])
+            self._released = pl.concat([self._released, done.get_column("group")])
             latest = done.get_column("conn_end").max()
             if isinstance(latest, datetime):
                 until = self._released_until
                 self._released_until = latest if until is None else max(until, latest)
-        return out
+        return settled
 
     def _cap(self, rest: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Past ``max_pending`` entries, the connections that ended first leave early."""
@@ -266,7 +269,7 @@ class Correlator:
 
 def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings) -> pl.DataFrame:
     """Recompute anchors and connection ends for the entries of the ``touched`` groups."""
-    hit = pl.col("group").is_in(touched.implode())
+    hit = frame.get_column("group").is_in(touched.implode())
     work = frame.filter(hit)
     if work.height == 0:
         return frame
@@ -311,9 +314,14 @@ def address_partners(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.D
     )
     if servers.height == 0:
         return pl.DataFrame(schema={"uid": pl.Int64, "partner_uid": pl.Int64})
-    clients = frame.filter(
-        (pl.col("role") == CLIENT) & pl.col("upstream_local_address").is_not_null()
-    ).select(
+    local = pl.col("upstream_local_address")
+    client = (pl.col("role") == CLIENT) & local.is_not_null()
+    masked = servers.get_column("peer").str.contains("*", literal=True).any() or bool(
+        frame.select((client & local.str.contains("*", literal=True)).any()).item()
+    )
+    if not masked:  # then a partner's address is the peer itself: skip every other client
+        client = client & local.is_in(servers.get_column("peer").implode())
+    clients = frame.filter(client).select(
         pl.col("uid").alias("partner_uid"),
         pl.col("start_time").alias("client_start"),
         pl.col("upstream_local_address").alias("client_local"),
