@@ -54,7 +54,10 @@ def _predict(case: dict[str, Any]) -> list[Prediction]:
         docs.extend(parse_documents((PUBLISHED / f"{name}.yaml").read_text(), name))
     docs.extend(case.get("objects", []))
     inventory = inventory_from_manifests(docs)
-    assert inventory.problems == ()
+    expected = case.get("problems", [])  # parts of each problem the objects must give
+    assert len(inventory.problems) == len(expected), inventory.problems
+    for problem, part in zip(inventory.problems, expected, strict=True):
+        assert part in problem, (part, problem)
     settings = case.get("settings", {})
     if "istio_version" in settings:
         inventory = inventory.with_istio_version(settings["istio_version"])

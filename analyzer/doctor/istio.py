@@ -42,10 +42,10 @@ from analyzer.doctor.model import (
 )
 from analyzer.doctor.versions import IstioVersion, VersionRule
 
-APP_PROTOCOLS = {
-    "kubernetes.io/h2c": Protocol.HTTP2,
-    "kubernetes.io/ws": Protocol.HTTP,
-    "kubernetes.io/wss": Protocol.HTTPS,
+APP_PROTOCOLS = {  # the protocol each means, and the rule that says from when Istio knows it
+    "kubernetes.io/h2c": (Protocol.HTTP2, VersionRule.K8S_APP_PROTOCOL_H2C),
+    "kubernetes.io/ws": (Protocol.HTTP, VersionRule.K8S_APP_PROTOCOL_WS),
+    "kubernetes.io/wss": (Protocol.HTTPS, VersionRule.K8S_APP_PROTOCOL_WS),
 }
 PROTOCOL_NAMES = {
     "http": Protocol.HTTP,
@@ -79,10 +79,11 @@ def port_protocol(port: ServicePort, version: IstioVersion | None = None) -> tup
     name, what = port.name, f"port name {port.name!r}"
     if port.app_protocol:
         name, what = port.app_protocol, f"appProtocol {port.app_protocol!r}"
-        if name in APP_PROTOCOLS and (version is None or version.has(VersionRule.K8S_APP_PROTOCOL)):
-            return APP_PROTOCOLS[name], what
-        if name in APP_PROTOCOLS and version is not None:
-            what += f" ({version.says(VersionRule.K8S_APP_PROTOCOL)})"
+        if name in APP_PROTOCOLS:
+            known, rule = APP_PROTOCOLS[name]
+            if version is None or version.has(rule):
+                return known, what
+            what += f" ({version.says(rule)})"
     lowered = name.lower()
     if lowered.startswith("grpc-web"):
         return Protocol.GRPC_WEB, what

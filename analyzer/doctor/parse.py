@@ -127,6 +127,7 @@ def _collect(doc: Doc, default_ns: str, parts: dict[str, list[Any]]) -> None:
             parts["ver"].extend(_versions(doc, ns))
         elif kind == "DestinationRule":
             parts["dr"].append(parse_destination_rule(doc, ns))
+            parts["bad"].extend(_refused_by_validation(doc, ns))
         elif kind == "EnvoyFilter":
             parts["ef"].append(parse_envoy_filter(doc, ns))
         elif kind in ("ConfigMap", "IstioOperator"):
@@ -375,6 +376,24 @@ def _destination(raw: Mapping[str, Any]) -> RouteDestination:
     return RouteDestination(
         str(raw["host"]), str(subset) if subset else None, int(number) if number else None
     )
+
+
+def _refused_by_validation(doc: Doc, ns: str) -> list[str]:
+    """Istio's validation (from 1.8, istio/istio commit f8f915de519) refuses a connection pool
+    that sets both ``useClientProtocol`` and ``h2UpgradePolicy: UPGRADE``: such a DestinationRule
+    never reaches a cluster, so the prediction for it holds only for the file."""
+    spec = _map(doc.get("spec"))
+    policies = [_map(spec.get("trafficPolicy"))]
+    policies += [_map(_map(s).get("trafficPolicy")) for s in spec.get("subsets") or []]
+    levels = [*policies, *(_map(e) for p in policies for e in p.get("portLevelSettings") or [])]
+    for level in levels:
+        pool = _http_pool(level.get("connectionPool"))
+        if pool and pool.use_client_protocol and pool.h2_upgrade_policy is H2UpgradePolicy.UPGRADE:
+            return [
+                f"{object_ref(doc, ns)}: Istio refuses it (useClientProtocol with h2UpgradePolicy "
+                "UPGRADE in one connection pool); keep one of them"
+            ]
+    return []
 
 
 def _http_pool(pool: Any) -> HttpPool | None:

@@ -48,7 +48,7 @@ from analyzer.doctor.model import (
     Workload,
 )
 from analyzer.doctor.remedy import Fix, remedy
-from analyzer.doctor.versions import BY_RULE, IstioVersion, VersionRule, eras, resolve
+from analyzer.doctor.versions import BY_RULE, Era, IstioVersion, VersionRule, eras, resolve
 from analyzer.hops import ASSUMED_APP_HOP, upgrade_path
 from analyzer.vocab import Cause, Hop, UpgradePath
 
@@ -187,14 +187,22 @@ def _predict_port(
 def _with_eras(
     inventory: Inventory, settings: DoctorSettings, route: Route, current: Prediction
 ) -> Prediction:
-    """Version unknown: the current release's verdict, and the releases where it differs."""
-    differs = []
+    """Version unknown: the current release's verdict, and the releases where it differs
+    (neighbouring ranges of releases with the same verdict said as one)."""
+    spans: list[tuple[Era, tuple[str, str]]] = []
     for era in eras():
         other = _judge(
             inventory, settings, replace(route, version=era.stand_in(), fixed_version=True)
         )
-        if (other.upgrade_path, other.verdict) != (current.upgrade_path, current.verdict):
-            differs.append(f"{era.label}: {other.upgrade_path} {other.verdict}")
+        verdict = (other.upgrade_path, other.verdict)
+        if spans and spans[-1][1] == verdict:
+            spans[-1] = (Era(spans[-1][0].first, era.last), verdict)
+        else:
+            spans.append((era, verdict))
+    now = (current.upgrade_path, current.verdict)
+    differs = [
+        f"{era.label}: {path} {verdict}" for era, (path, verdict) in spans if (path, verdict) != now
+    ]
     if not differs:
         return current
     said = "the verdict differs on Istio " + "; ".join(differs)
@@ -269,13 +277,16 @@ def _decide(
 ) -> HopDecision:
     version = route.version
     policy = http.h2_upgrade_policy if http else H2UpgradePolicy.DEFAULT
+    unapplied = None  # what the rule sets, when this release does not apply it
     if policy is not H2UpgradePolicy.DEFAULT and not version.has(VersionRule.H2_UPGRADE_POLICY):
+        said = version.says(VersionRule.H2_UPGRADE_POLICY)
+        unapplied = f"{where} sets h2UpgradePolicy {policy}, not applied ({said})"
         policy = H2UpgradePolicy.DEFAULT
     if http and http.use_client_protocol:
         return _client_protocol(protocol, named_by, policy, where, route)
     if protocol.is_http2:
         return _port_forces_h2(protocol, named_by, policy, where)
-    return _by_policy(protocol, named_by, policy, where, route)
+    return _by_policy(protocol, named_by, policy, where, route, unapplied=unapplied)
 
 
 def _port_forces_h2(
@@ -310,7 +321,13 @@ def _client_protocol(
 
 
 def _by_policy(
-    protocol: Protocol, named_by: str, policy: H2UpgradePolicy, where: str, route: Route
+    protocol: Protocol,
+    named_by: str,
+    policy: H2UpgradePolicy,
+    where: str,
+    route: Route,
+    *,
+    unapplied: str | None = None,
 ) -> HopDecision:
     version = route.version
     sniffed = policy is H2UpgradePolicy.UPGRADE and protocol is Protocol.UNSUPPORTED
@@ -328,15 +345,19 @@ def _by_policy(
         return HopDecision(hop, Decider.DESTINATION_RULE, (said,))
     if protocol is Protocol.UNSUPPORTED:
         said = f"{named_by}: Istio sniffs the protocol and the hop follows the client's HTTP/1.1"
-        return HopDecision(Hop.H1, Decider.SNIFFED, (said,))
-    return _mesh_decision(protocol, named_by, where, route)
+        return HopDecision(Hop.H1, Decider.SNIFFED, (said,) + ((unapplied,) if unapplied else ()))
+    return _mesh_decision(protocol, named_by, where, route, unapplied)
 
 
-def _mesh_decision(protocol: Protocol, named_by: str, where: str, route: Route) -> HopDecision:
+def _mesh_decision(
+    protocol: Protocol, named_by: str, where: str, route: Route, unapplied: str | None = None
+) -> HopDecision:
     mesh, version = route.mesh, route.version
     source = mesh.source or "Istio's default mesh config"
     upgrade = mesh.h2_upgrade_policy is H2UpgradePolicy.UPGRADE
-    rule = f"{where} sets no h2UpgradePolicy" if where else "no DestinationRule applies"
+    rule = unapplied or (
+        f"{where} sets no h2UpgradePolicy" if where else "no DestinationRule applies"
+    )
     said = (
         f"{named_by} means {protocol}; {rule}; "
         f"mesh-wide h2UpgradePolicy {mesh.h2_upgrade_policy} ({source})"

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 Minor = tuple[int, int]
-VERSION = re.compile(r"^v?(\d+)\.(\d+)")
+Patch = tuple[int, int, int]
+VERSION = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?")
 CURRENT_RELEASE: Minor = (1, 30)
 
 
 class VersionRule(StrEnum):
     H2_UPGRADE_POLICY = "h2UpgradePolicy (DestinationRule and mesh config)"
     SNIFFED_UPGRADE = "a DestinationRule's UPGRADE applies to sniffed ports"
-    K8S_APP_PROTOCOL = "appProtocol kubernetes.io/h2c, ws, wss"
+    K8S_APP_PROTOCOL_H2C = "appProtocol kubernetes.io/h2c"
+    K8S_APP_PROTOCOL_WS = "appProtocol kubernetes.io/ws, wss"
     ALLOW_CONNECT = "WebSocket over an HTTP/2 hop (allow_connect)"
     CLIENT_PROTOCOL_STOPS_UPGRADE = "useClientProtocol stops an h2UpgradePolicy upgrade"
     CLIENT_PROTOCOL_OVER_PORT = "useClientProtocol over an http2/grpc port"
@@ -34,6 +36,7 @@ class Cutoff:
     since: Minor
     before: str  # what istiod did before ``since``
     source: str  # the Istio change that moved the rule
+    backports: tuple[Patch, ...] = ()  # patch releases of older minors that hold it too
 
 
 CUTOFFS = (
@@ -56,16 +59,24 @@ CUTOFFS = (
         "docs/design.md section 2",
     ),
     Cutoff(
-        VersionRule.K8S_APP_PROTOCOL,
+        VersionRule.K8S_APP_PROTOCOL_H2C,
         (1, 19),
         "the value is not understood and the port is sniffed",
         "istio/istio#43988 (commit b6104494fde, first in 1.19.0)",
     ),
     Cutoff(
+        VersionRule.K8S_APP_PROTOCOL_WS,
+        (1, 24),
+        "the value is not understood and the port is sniffed",
+        "istio/istio#53164 (commit 2ea3753be92, ConvertProtocol, first in 1.24.0)",
+    ),
+    Cutoff(
         VersionRule.CLIENT_PROTOCOL_STOPS_UPGRADE,
         (1, 25),
         "an UPGRADE (rule or mesh-wide) still upgraded",
-        "istio/istio#53876 (commit 194ab8c1b93, first in 1.25.0)",
+        "istio/istio#53876 (commit 194ab8c1b93, first in 1.25.0; backported to 1.22.7, "
+        "1.23.4 and 1.24.2 by #54121, #54122, #54123)",
+        backports=((1, 22, 7), (1, 23, 4), (1, 24, 2)),
     ),
     Cutoff(
         VersionRule.CLIENT_PROTOCOL_OVER_PORT,
@@ -82,6 +93,12 @@ def minor_version(version: str | None) -> Minor | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+def patch_level(version: str | None) -> int | None:
+    """The patch release of ``1.24.2`` (2); None when the version names none."""
+    match = VERSION.match(version or "")
+    return int(match[3]) if match and match[3] is not None else None
+
+
 def _shown(minor: Minor) -> str:
     return f"{minor[0]}.{minor[1]}"
 
@@ -94,17 +111,21 @@ class IstioVersion:
     text: str  # as read, or the current release's
     source: str  # where it was read; empty when it was not
     known: bool = True
+    patch: int = 0  # a version without one (``1.24``) is taken as its first release
 
     def has(self, rule: VersionRule) -> bool:
-        return self.minor >= BY_RULE[rule].since
+        cutoff = BY_RULE[rule]
+        backported = any(self.minor == b[:2] and self.patch >= b[2] for b in cutoff.backports)
+        return self.minor >= cutoff.since or backported
 
     def says(self, rule: VersionRule) -> str:
         """Evidence: which release's rule decided, and where that release came from."""
         cutoff = BY_RULE[rule]
-        side = "from" if self.has(rule) else "before"
-        since = _shown(cutoff.since)
+        when = f"Istio {'from' if self.has(rule) else 'before'} {_shown(cutoff.since)}"
+        if self.has(rule) and self.minor < cutoff.since:
+            when = f"Istio {self.minor[0]}.{self.minor[1]}.{self.patch} has the backport"
         what = "holds" if self.has(rule) else f"does not hold ({cutoff.before})"
-        return f"rule '{rule}' {what}: Istio {side} {since}, {self.describe()}; {cutoff.source}"
+        return f"rule '{rule}' {what}: {when}, {self.describe()}; {cutoff.source}"
 
     def describe(self) -> str:
         if not self.known:
@@ -116,7 +137,7 @@ def resolve(version: str | None, source: str) -> IstioVersion:
     minor = minor_version(version)
     if version is None or minor is None:
         return IstioVersion(CURRENT_RELEASE, _shown(CURRENT_RELEASE), "", known=False)
-    return IstioVersion(minor, version, source)
+    return IstioVersion(minor, version, source, patch=patch_level(version) or 0)
 
 
 @dataclass(frozen=True)
