@@ -41,8 +41,9 @@ class Recorder(LiveAnalyzer):
 
 def _live(lines_seen: list[int], ticked: threading.Event | None = None) -> Recorder:
     def on_step(step: Step, websockets: pl.DataFrame) -> None:
-        lines_seen.append(sum(step.lines.values()))
-        if ticked is not None and sum(step.lines.values()):
+        lines: int = sum(step.lines.values())
+        lines_seen.append(lines)
+        if ticked is not None and lines:
             ticked.set()
 
     settings = CorrelationSettings(window=timedelta(seconds=2))
