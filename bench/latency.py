@@ -24,6 +24,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 import polars as pl
 
@@ -42,6 +43,7 @@ from exporter.run import Loop, metered_live  # noqa: E402
 from exporter.settings import FileSettings, PipelineSettings  # noqa: E402
 
 SLICE_S = 0.01
+Entries = list[dict[str, object]]
 
 
 class Writer:
@@ -75,16 +77,18 @@ class Writer:
             for handle in files.values():
                 handle.close()
 
-    def _write(self, files: dict, client: list, server: list, n: int) -> None:  # type: ignore[type-arg]  # generate's templates
-        entries = client + server
-        base = min(datetime.fromisoformat(str(e["start_time"])) for e in entries)
-        at, ids, end = datetime.now(UTC), {}, 0.0
+    def _write(self, files: dict[str, IO[bytes]], client: Entries, server: Entries, n: int) -> None:
+        base = min(datetime.fromisoformat(str(e["start_time"])) for e in client + server)
+        at, end = datetime.now(UTC), 0.0
+        ids: dict[str, str] = {}
         for side, group in (("client", client), ("server", server)):
             for entry in group:
                 copy = replicate(entry, base, at, n, ids)
                 files[side].write(render_json(copy) + b"\n")
                 started = datetime.fromisoformat(str(copy["start_time"]))
-                end = max(end, started.timestamp() + int(copy.get("duration") or 0) / 1000)
+                duration_ms = copy.get("duration")
+                ms = duration_ms if isinstance(duration_ms, int) else 0
+                end = max(end, started.timestamp() + ms / 1000)
                 self.lines += 1
         written = time.time()
         for request_id in ids.values():
