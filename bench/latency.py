@@ -61,7 +61,9 @@ class Writer:
         rng = random.Random(1)
         templates = load_templates()
         names, weights = list(MIX), list(MIX.values())
-        files = {s: (self.folder / f"{s}.log").open("ab") for s in ("client", "server")}
+        files: dict[str, IO[bytes]] = {
+            s: (self.folder / f"{s}.log").open("ab") for s in ("client", "server")
+        }
         start = time.monotonic()
         n = 0
         try:
