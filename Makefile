@@ -6,7 +6,7 @@ OUT ?= out
 # setuptools' notice about editable installs is for packagers, not for the first screen.
 PIP := PYTHONWARNINGS=ignore::UserWarning $(BIN)/pip
 
-.PHONY: demo lab test check setup-lab setup-dev setup-test system-deps bench clean
+.PHONY: demo lab test check setup-lab setup-dev setup-test system-deps bench bench-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,8 +50,14 @@ check: setup-dev
 test: setup-test check
 	$(BIN)/python -m pytest -q
 
-bench: setup-test
+# mtail (Debian) is the exporter's baseline in bench/run.py; the benchmark only, not `make test`.
+bench-deps:
+	@command -v mtail >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mtail; }
+
+bench: setup-test bench-deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) .venv-checkov $(OUT) .pytest_cache .mypy_cache .ruff_cache

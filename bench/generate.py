@@ -3,9 +3,13 @@
 Each connection copies one lab scenario's client and server entries with a fresh request id,
 fresh addresses and shifted times, so correlation has real work to do (DPE entries pair only by
 address and time). Envoy's own log lines are mixed in (~5%), as ``kubectl logs`` shows them.
-Output: ``OUT/client-<n>.log`` and ``OUT/server-<n>.log`` (one file per pod), JSON format.
+Output: ``OUT/client-<n>.log`` and ``OUT/server-<n>.log`` (one file per pod), in Istio's JSON
+format, or with ``--format text`` in Istio's default TEXT format (``ISTIO_TEXT_FORMAT``: the JSON
+entries rendered field by field, ``-`` for a missing value, as Envoy writes them; the typed
+scenario's ``access_log_type`` has no place in that format and is dropped). ``--out -`` writes
+every line to stdout instead (the 10M-line run streams them into ``wslog analyze -``).
 
-    python bench/generate.py --lines 1000000 --out bench/out/data
+    python bench/generate.py --lines 1000000 --out bench/out/data [--format text]
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-from collections.abc import Iterator
+import re
+import sys
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from analyzer.istio_formats import ISTIO_JSON_FORMAT, ISTIO_TEXT_FORMAT  # noqa: E402
+
 LAB = ROOT / "testdata" / "lab" / "json"
 # scenario -> weight: mostly healthy WebSockets, a realistic share of failures.
 MIX = {
@@ -83,7 +93,36 @@ def replicate(
     return copy
 
 
-def connections(pods: int, seed: int) -> Iterator[list[tuple[str, int, bytes]]]:
+Render = Callable[[dict[str, object]], bytes]
+_OPERATOR = re.compile(r"%[A-Z_]+(?:\([^)]*\))?%")
+
+
+def text_renderer(envoy_format: str = ISTIO_TEXT_FORMAT) -> Render:
+    """An entry as Envoy writes it in ``envoy_format``: each operator replaced by the JSON
+    field Istio's JSON format fills from the same operator, ``-`` when it is null."""
+    keys = {operator: key for key, operator in ISTIO_JSON_FORMAT.items()}
+    keys["%UPSTREAM_CLUSTER%"] = "upstream_cluster"
+    literals = _OPERATOR.split(envoy_format.removesuffix("\n"))
+    fields = [keys[operator] for operator in _OPERATOR.findall(envoy_format)]
+
+    def render(entry: dict[str, object]) -> bytes:
+        parts = [literals[0]]
+        for key, literal in zip(fields, literals[1:], strict=True):
+            value = entry.get(key)
+            parts.append("-" if value is None else str(value))
+            parts.append(literal)
+        return "".join(parts).encode()
+
+    return render
+
+
+def render_json(entry: dict[str, object]) -> bytes:
+    return orjson.dumps(entry)
+
+
+def connections(
+    pods: int, seed: int, render: Render = render_json
+) -> Iterator[list[tuple[str, int, bytes]]]:
     """Endless connections, each as its lines ``(side, pod, line)``, 3 ms apart."""
     rng = random.Random(seed)
     templates = load_templates()
@@ -98,13 +137,13 @@ def connections(pods: int, seed: int) -> Iterator[list[tuple[str, int, bytes]]]:
         lines = []
         for side, entries in (("client", client), ("server", server)):
             for entry in entries:
-                lines.append((side, n % pods, orjson.dumps(replicate(entry, base, at, n, ids))))
+                lines.append((side, n % pods, render(replicate(entry, base, at, n, ids))))
                 if rng.random() < 0.05:
                     lines.append((side, n % pods, rng.choice(NOISE).encode()))
         yield lines
 
 
-def generate(lines: int, out: Path, pods: int, seed: int) -> int:
+def generate(lines: int, out: Path, pods: int, seed: int, render: Render = render_json) -> int:
     out.mkdir(parents=True, exist_ok=True)
     files = {
         (side, i): (out / f"{side}-{i}.log").open("wb")
@@ -113,7 +152,7 @@ def generate(lines: int, out: Path, pods: int, seed: int) -> int:
     }
     written = 0
     try:
-        for connection in connections(pods, seed):
+        for connection in connections(pods, seed, render):
             if written >= lines:
                 break
             for side, pod, line in connection:
@@ -125,14 +164,33 @@ def generate(lines: int, out: Path, pods: int, seed: int) -> int:
     return written
 
 
+def stream(lines: int, pods: int, seed: int, render: Render = render_json) -> int:
+    """The same lines, all to stdout (in connection order), without keeping any."""
+    written = 0
+    out = sys.stdout.buffer
+    for connection in connections(pods, seed, render):
+        if written >= lines:
+            break
+        out.write(b"".join(line + b"\n" for _, _, line in connection))
+        written += len(connection)
+    out.flush()
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "data")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "data"), help="- : stdout")
+    parser.add_argument("--format", choices=("json", "text"), default="json")
     parser.add_argument("--pods", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    written = generate(args.lines, args.out, args.pods, args.seed)
+    render = text_renderer() if args.format == "text" else render_json
+    if args.out == "-":
+        written = stream(args.lines, args.pods, args.seed, render)
+        print(f"wrote {written:,} lines to stdout", file=sys.stderr)
+        return
+    written = generate(args.lines, Path(args.out), args.pods, args.seed, render)
     print(f"wrote {written:,} lines to {args.out}")
 
 

@@ -1,8 +1,13 @@
 """The analyzer's pipeline on micro-batches: chunks from any source in, connections out.
 
 Sources call ``LiveAnalyzer.accept`` from their threads; the exporter's main loop calls ``tick``
-every batch interval, or at once when the buffer is full (then ``accept`` waits: backpressure,
-so memory stays bounded whatever the input rate). A tick deframes nothing itself (each
+every batch interval, or at once when the buffer holds a batch's worth of lines. How much that
+is adapts to the input rate (``BatchSize``): when live, a small batch (an eighth of the buffer's
+bound) or the interval, whichever comes first, so a line waits at most about one interval; when
+behind (the last batch was taken because it was full, not because the interval passed), twice
+the last, up to the whole buffer, so a backlog is worked off in large batches, whose per-batch
+costs are paid less often. Past the bound ``accept`` waits (backpressure, so memory stays
+bounded whatever the input rate). A tick deframes nothing itself (each
 source's ``Deframer`` did so on arrival), feeds the batch through the shared
 ``analyzer.pipeline.Pipeline`` with an event-time watermark (``SourceProgress``), keeps only
 WebSocket candidates (own evidence, or a service and path that showed evidence before) and
@@ -65,6 +70,23 @@ class SourceProgress:
 
 
 @dataclass
+class BatchSize:
+    """How many bytes of lines make a batch: ``live_bytes`` while batches are taken because
+    the interval passed, doubling (up to ``max_bytes``) each time one is taken because it was
+    full, back to ``live_bytes`` when the interval passes first again."""
+
+    live_bytes: int
+    max_bytes: int
+    bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.bytes = self.live_bytes
+
+    def after(self, *, full: bool) -> None:
+        self.bytes = min(self.bytes * 2, self.max_bytes) if full else self.live_bytes
+
+
+@dataclass
 class LiveAnalyzer:
     pipeline: Pipeline
     on_step: StepSink
@@ -76,6 +98,7 @@ class LiveAnalyzer:
     max_buffered_bytes: int = 8 << 20
     evidence: PathEvidence = field(default_factory=PathEvidence)
     progress: SourceProgress = field(init=False)
+    batch: BatchSize = field(init=False)
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _deframers: dict[str, Deframer] = field(default_factory=dict)
     _buffer: list[Framed] = field(default_factory=list)
@@ -86,6 +109,8 @@ class LiveAnalyzer:
 
     def __post_init__(self) -> None:
         self.progress = SourceProgress(self.idle_release_s)
+        live = max(1, self.max_buffered_bytes // 8)
+        self.batch = BatchSize(live, self.max_buffered_bytes)
 
     def accept(self, chunk: Chunk) -> None:
         """Thread-safe: deframe a source's chunk and keep it for the next tick; waits while the
@@ -104,17 +129,24 @@ class LiveAnalyzer:
             self._buffered_bytes += size
             self._last_input = self.clock()
             self._idle_released = False
+            if self._buffered_bytes >= self.batch.bytes:
+                self._lock.notify_all()  # a batch is ready: wakes wait_for_batch
 
-    def wait_for_batch(self, timeout_s: float, stop: threading.Event) -> None:
-        """Wait up to ``timeout_s`` for the next tick: less when the buffer is full (a fast
-        input is processed as fast as it comes) or when ``stop`` is set."""
+    def wait_for_batch(self, timeout_s: float, stop: threading.Event) -> bool:
+        """Wait up to ``timeout_s`` for the next tick: less when a batch's worth of lines is
+        waiting (``BatchSize``) or when ``stop`` is set. Returns whether the batch is full, and
+        sizes the next one from that: a full batch means the input is ahead of the ticks."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            while not stop.is_set() and self._buffered_bytes < self.max_buffered_bytes:
+            while not stop.is_set() and self._buffered_bytes < self.batch.bytes:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return
+                    break
                 self._lock.wait(min(left, 0.1))
+            full = self._buffered_bytes >= self.batch.bytes
+            if not stop.is_set():
+                self.batch.after(full=full)
+            return full
 
     def drain(self) -> None:
         """The loop is stopping: never block a source again (it is finishing its last read)."""

@@ -49,6 +49,10 @@ FOLDABLE = frozenset(
     }
 )
 NEWEST_FAMILY = "wslog_source_newest_entry_timestamp_seconds"
+_RECORDED = {
+    **dict.fromkeys(CONNECTION_LABELS, pl.String()),
+    **dict.fromkeys(("duration_ms", *BYTE_COLUMNS.values()), pl.Int64()),
+}
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 86400)
 
 
@@ -177,30 +181,60 @@ class Metrics:
         )
         self.build = Info("wslog_build", "wslog build information.", registry=registry)
 
-    def _labels(self, family: str, labels: dict[str, str]) -> dict[str, str]:
+    def _labels(self, family: str, labels: dict[str, str], observations: int = 1) -> dict[str, str]:
         admitted, folded = self._cap.admit(family, labels)
         if folded:
-            self.overflow.labels(metric=family).inc()
+            self.overflow.labels(metric=family).inc(observations)
         return admitted
 
     def record_connection(self, row: Mapping[str, object]) -> None:
         """Count one classified connection (a CONNECTION_SCHEMA row as a dict)."""
-        labels = {name: _label(row.get(name)) for name in CONNECTION_LABELS}
-        self.connections.labels(**self._labels("wslog_connections_total", labels)).inc()
-        if labels["outcome"] != Outcome.UPGRADED:
-            return
-        service = {name: labels[name] for name in SERVICE_LABELS}
-        duration_ms = row.get("duration_ms")
-        if isinstance(duration_ms, int):
-            hist_labels = self._labels("wslog_connection_duration_seconds", service)
-            self.duration.labels(**hist_labels).observe(duration_ms / 1000)
-        for direction, column in BYTE_COLUMNS.items():
-            value = row.get(column)
-            if isinstance(value, int) and value > 0:
-                byte_labels = self._labels(
-                    "wslog_connection_bytes_total", {**service, "direction": direction.value}
-                )
-                self.bytes.labels(**byte_labels).inc(value)
+        self.record_connections(pl.DataFrame([{k: row.get(k) for k in _RECORDED}], _RECORDED))
+
+    def record_connections(self, connections: pl.DataFrame) -> None:
+        """Count classified connections (CONNECTION_SCHEMA rows): one ``labels`` call per label
+        set, not per connection, with the series cap admitting label sets in the order they
+        first appear, so the counts are those of recording each row in turn."""
+        frame = connections.select(
+            *(pl.col(n).cast(pl.String).fill_null(UNKNOWN) for n in CONNECTION_LABELS),
+            *(pl.col(n).cast(pl.Int64) for n in ("duration_ms", *BYTE_COLUMNS.values())),
+        )
+        family = "wslog_connections_total"
+        for *values, count in frame.group_by(CONNECTION_LABELS, maintain_order=True).len().rows():
+            labels = self._labels(family, dict(zip(CONNECTION_LABELS, values, strict=True)), count)
+            self.connections.labels(**labels).inc(count)
+        upgraded = frame.filter(pl.col("outcome") == Outcome.UPGRADED.value)
+        self._record_durations(upgraded.drop_nulls("duration_ms"))
+        self._record_bytes(upgraded)
+
+    def _record_durations(self, upgraded: pl.DataFrame) -> None:
+        family = "wslog_connection_duration_seconds"
+        by_service = upgraded.group_by(SERVICE_LABELS, maintain_order=True).agg("duration_ms")
+        for *values, durations in by_service.rows():
+            service = dict(zip(SERVICE_LABELS, values, strict=True))
+            histogram = self.duration.labels(**self._labels(family, service, len(durations)))
+            for duration_ms in durations:
+                histogram.observe(duration_ms / 1000)
+
+    def _record_bytes(self, upgraded: pl.DataFrame) -> None:
+        """Bytes per service and direction; each connection's sent before its received, as
+        one connection at a time would meet them."""
+        family = "wslog_connection_bytes_total"
+        directions = [
+            upgraded.select(
+                *SERVICE_LABELS,
+                pl.int_range(pl.len()).alias("row"),
+                pl.lit(direction.value).alias("direction"),
+                pl.col(column).alias("bytes"),
+            )
+            for direction, column in BYTE_COLUMNS.items()
+        ]
+        long = pl.concat(directions).sort("row", maintain_order=True).filter(pl.col("bytes") > 0)
+        keys = (*SERVICE_LABELS, "direction")
+        totals = long.group_by(keys, maintain_order=True).agg(pl.len(), pl.col("bytes").sum())
+        for *values, count, total in totals.rows():
+            labels = self._labels(family, dict(zip(keys, values, strict=True)), count)
+            self.bytes.labels(**labels).inc(total)
 
     def set_open(self, rows: Iterable[Mapping[str, object]]) -> None:
         """Replace the open-connections gauge with counts per service and upgrade path."""
@@ -273,8 +307,7 @@ def record_step(
         {str(k): v for k, v in step.lines.items()},
         dict(Tally(step.rejects.get_column("reason").to_list())),
     )
-    for row in websockets.iter_rows(named=True):
-        metrics.record_connection(row)
+    metrics.record_connections(websockets)
     early = early_by_side(step.early)  # WebSockets only: see LiveAnalyzer
     for side, count in early.items():
         metrics.evicted.labels(side=side, reason=Eviction.SIZE_CAP.value).inc(count)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,15 +85,20 @@ class Loop:
         )
         feeder.start()
         finished = False
+        after_due = time.monotonic()
         while not stop.is_set():
-            self.live.wait_for_batch(self.batch_interval_s, stop)
+            full = self.live.wait_for_batch(self.batch_interval_s, stop)
             if stop.is_set():
                 break
             self.live.tick()
             if ended.is_set() and not finished:
                 self.live.finish()
                 finished = True
-            self.after_tick()
+            # Behind, batches come faster than the interval: what after_tick samples (the
+            # open-connections gauge) is refreshed once per interval, not once per batch.
+            if not full or finished or time.monotonic() >= after_due:
+                self.after_tick()
+                after_due = time.monotonic() + self.batch_interval_s
             if finished and self.exit_on_end:
                 break
         self.live.drain()
