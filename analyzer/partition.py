@@ -18,8 +18,9 @@ joins them in the correlator anyway):
   ``x_forwarded_for``: a gateway sends ``x-forwarded-for`` by default. This also spreads a busy
   gateway's connections over every partition instead of one.
 
-Entries with no mesh hop (``NR``, ``UH``, a local reply: no upstream address) and entries of no
-known side with a request id key by their own source: nothing on another node belongs to them.
+A client entry written before its upstream connected (``DownstreamStart``) or without one
+(``NR``, ``UH``, a local reply) keys by its ``downstream_remote_address``: its app's address, the
+same pod's IP. Entries with no address at all key by their own source.
 
 What still splits (the correlator then counts the two halves as client-only and server-only):
 a request refused by the server's HTTP/2 codec (``DPE``, no request id) that came through a
@@ -80,7 +81,7 @@ def key_column() -> pl.Expr:
         pl.when(own == Side.SERVER.value)
         .then(remote)
         .when(own.is_in([Side.CLIENT.value, Side.GATEWAY.value]))
-        .then(local)
+        .then(pl.coalesce(local, remote))  # before its upstream connects: its app's, same pod
         .when(rid.is_null())
         .then(remote)  # a server's refused extended CONNECT (DPE) has no side of its own
     )

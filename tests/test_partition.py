@@ -104,6 +104,10 @@ def test_lab_captures_on_pod_ips_split_by_client_pod(tmp_path: Path) -> None:
     client_ip = json.loads((h2_refused / "client.log").read_text())["upstream_local_address"]
     keys = {keys_of(h2_refused / "client.log")[0], keys_of(h2_refused / "server.log")[0]}
     assert keys == {BY_ADDRESS + client_ip.split(":")[0]}
+    for scenario in moved.iterdir():  # start, periodic and final entries, retries: one key
+        if not scenario.name.startswith("gateway"):
+            keys = {*keys_of(scenario / "client.log"), *keys_of(scenario / "server.log")}
+            assert len(keys) == 1, scenario.name
     gateway = moved / "gateway-h1"
     assert {k.split(":")[0] for k in keys_of(gateway / "client.log")} == {"rid"}
 
