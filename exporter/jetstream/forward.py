@@ -9,9 +9,10 @@ entry keys by its source: whichever correlator gets it counts it.
 Delivery: each chunk is published and acknowledged by JetStream before the source's sink
 returns, so the files source's saved offset (``--state-dir``) never passes an unpublished line.
 After a restart the lines since the last saved offset are published again with the same
-``Nats-Msg-Id`` (a digest of source and line), and JetStream drops them within its duplicate
-window. The cost of that id: identical lines of one source within the window are kept once
-(Envoy's lines carry a request id and a start time; CRI lines a nanosecond timestamp).
+``Nats-Msg-Id`` (a digest of source and line, and how many identical lines of that source came
+before it in this run), and JetStream drops them within its duplicate window. The cost of that
+id: a line identical to one before the resume point (noise; Envoy's entries carry a request id
+and a start time, CRI lines a nanosecond timestamp) may be counted twice after a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,6 +43,7 @@ from exporter.sources import Chunk, Source, SourceError, SourceEvents
 log = logging.getLogger("wslog.forward")
 T = TypeVar("T")
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+REPEATS_KEPT = 100_000  # recent distinct lines whose copies are numbered
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Forwarder:
         self.max_line_bytes = max_line_bytes
         self.stats = ForwardStats()
         self._deframers: dict[str, Deframer] = {}
+        self._repeats: OrderedDict[str, int] = OrderedDict()  # a line's earlier copies
         self._loop = asyncio.new_event_loop()
         self._stop = threading.Event()
         self._nc: Any = None
@@ -150,7 +154,13 @@ class Forwarder:
         digest = hashlib.blake2b(digest_size=16)
         digest.update(chunk.source.encode("utf-8", "surrogateescape") + b"\n")
         digest.update(payload + headers.get(subjects.OVERLONG, "").encode())
-        headers[subjects.MSG_ID] = digest.hexdigest()
+        content = digest.hexdigest()
+        repeat = self._repeats.get(content, 0)
+        self._repeats[content] = repeat + 1
+        self._repeats.move_to_end(content)
+        if len(self._repeats) > REPEATS_KEPT:
+            self._repeats.popitem(last=False)
+        headers[subjects.MSG_ID] = f"{content}.{repeat}"
         return subjects.line_subject(key), payload, headers
 
     async def _publish_all(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> None:
