@@ -53,7 +53,8 @@ def server_config(partitions: int, *, listen: str, store_dir: str) -> str:
 
 def nats_partition(token: str, partitions: int) -> int:
     """The partition nats-server's ``partition(N,1)`` gives ``token`` (FNV-1a 32 bits mod N), for
-    measuring skew without a server; a test checks it against a real one."""
+    measuring skew without a server (tests/test_nats_restart.py finds the partition holding a
+    line with it, and fails if the real server put that line elsewhere)."""
     h = 0x811C9DC5
     for byte in token.encode():
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
