@@ -27,10 +27,10 @@ setup-test: setup-dev system-deps .venv-checkov/bin/checkov
 	.venv-checkov/bin/pip install -q --upgrade pip
 	.venv-checkov/bin/pip install -q checkov==3.3.30
 
-# promtool and prometheus (tests start them on 127.0.0.1); jq for the benchmark.
+# promtool, prometheus and nats-server (tests start them on 127.0.0.1); jq for the benchmark.
 system-deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v jq >/dev/null || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus jq; }
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v jq >/dev/null && command -v nats-server >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus jq nats-server; }
 
 # The main job on bundled data: the lab's captured Envoy logs, every scenario, analysed.
 demo: setup-lab

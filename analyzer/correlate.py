@@ -121,6 +121,10 @@ class Correlator:
     def pending(self) -> int:
         return self._pending.height
 
+    def pending_lines(self) -> pl.DataFrame:
+        """``source`` and ``line_no`` of every entry still waiting (not counted yet)."""
+        return self._pending.select("source", "line_no")
+
     def open_rows(self) -> pl.DataFrame:
         """Pending connections that have only start/periodic entries so far."""
         return build_connections(self._settle(self._pending.filter(~pl.col("conn_done"))))

@@ -106,6 +106,7 @@ class LiveAnalyzer:
     _draining: bool = False
     _last_input: float = 0.0
     _idle_released: bool = True
+    _in_tick: list[pl.DataFrame] = field(default_factory=list)  # for held_lines, under _lock
 
     def __post_init__(self) -> None:
         self.progress = SourceProgress(self.idle_release_s)
@@ -158,9 +159,27 @@ class LiveAnalyzer:
     def buffered_bytes(self) -> int:
         return self._buffered_bytes
 
+    def held_lines(self) -> pl.DataFrame:
+        """Thread-safe: ``source`` and ``line_no`` of every accepted line that may still count
+        (buffered, in the running tick, or pending in the correlator). A source that
+        acknowledges its input (``exporter.jetstream``) acknowledges only the others."""
+        with self._lock:
+            held = [*self._in_tick, *(_lines_of(p) for p in self._buffer)]
+            held.append(self.pipeline.correlator.pending_lines())
+        return pl.concat(held)
+
     def tick(self) -> Step | None:
         """Run one micro-batch; returns what it produced (None when there was nothing to do)."""
+        try:
+            return self._tick()
+        finally:
+            with self._lock:
+                self._in_tick = []
+
+    def _tick(self) -> Step | None:
         with self._lock:
+            self._in_tick = [_lines_of(p) for p in self._buffer]
+            self._in_tick.append(self.pipeline.correlator.pending_lines())
             parts, self._buffer = self._buffer, []
             self._buffered_bytes = 0
             self._lock.notify_all()
@@ -197,3 +216,9 @@ class LiveAnalyzer:
         early = select_websockets(step.early, self.evidence.paths)
         self.on_step(replace(step, early=early), websockets)
         return step
+
+
+def _lines_of(framed: Framed) -> pl.DataFrame:
+    return pl.concat(
+        [framed.lines.select("source", "line_no"), framed.rejects.select("source", "line_no")]
+    )

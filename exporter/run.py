@@ -109,6 +109,9 @@ class Loop:
 
     def _feed(self, stop: threading.Event, ended: threading.Event) -> None:
         try:
+            attach = getattr(self.source, "attach", None)
+            if attach is not None:  # a source that acknowledges asks the analyzer what is held
+                attach(self.live)
             self.source.run(self.live.accept, stop, self.events)
         except Exception as exc:  # the source's own errors are reported through events
             log.exception("source stopped: %s", exc)

@@ -20,6 +20,7 @@ class SourceKind(StrEnum):
     KUBERNETES = "kubernetes"
     FILES = "files"
     STDIN = "stdin"
+    NATS = "nats"  # a correlator replica: its partitions of the lines forwarders publish
 
 
 class SettingsError(WslogError, ValueError):
@@ -106,6 +107,33 @@ class FileSettings:
             raise ValueError("poll_interval_s must be positive")
         if self.read_size < 1 or self.state_interval_s <= 0:
             raise ValueError("read_size and state_interval_s must be positive")
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    """NATS JetStream between node-local forwarders and sharded correlators
+    (``exporter.jetstream``). The server maps ``wslog.lines.<token>`` onto ``partitions``
+    partitions (``{{partition(N,1)}}``, see ``exporter/jetstream/subjects.py``); correlator
+    ``replica`` of ``replicas`` consumes every partition p with p % replicas == replica."""
+
+    url: str = "nats://127.0.0.1:4222"
+    partitions: int = 1
+    replica: int = 0
+    replicas: int = 1
+    stream: str = "WSLOG"
+    fetch_batch: int = 1000  # messages per pull
+    ack_interval_s: float = 0.25  # acknowledge what has been counted this often
+    connect_timeout_s: float = 5.0
+    duplicate_window_s: float = 120.0  # JetStream drops a re-published line within it
+    max_age_s: float = 86_400.0  # a stream this tool creates keeps lines a day
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.replica < self.replicas <= self.partitions:
+            raise ValueError("need 0 <= replica < replicas <= partitions")
+
+    @property
+    def owned(self) -> tuple[int, ...]:
+        return tuple(p for p in range(self.partitions) if p % self.replicas == self.replica)
 
 
 # The command's defaults where they differ from an embedded server's (tests, benchmarks), which

@@ -36,6 +36,7 @@ from exporter.settings import (
     HttpSettings,
     KubeSettings,
     Listen,
+    NatsSettings,
     PipelineSettings,
     SettingsError,
     SourceKind,
@@ -137,6 +138,37 @@ class LiveFlags:
             envvar="WSLOG_MAX_STREAMS",
         ),
     ] = 64
+    nats_url: Annotated[
+        str,
+        typer.Option(
+            help="nats: the NATS server (JetStream on) the forwarders publish to.",
+            envvar="WSLOG_NATS_URL",
+        ),
+    ] = "nats://127.0.0.1:4222"
+    partitions: Annotated[
+        int,
+        typer.Option(
+            help="nats: N of the server's mapping wslog.lines.* -> "
+            "wslog.part.{{partition(N,1)}}.{{wildcard(1)}}; the same on every replica.",
+            envvar="WSLOG_PARTITIONS",
+        ),
+    ] = 1
+    replicas: Annotated[
+        int,
+        typer.Option(
+            help="nats: how many correlator replicas share the partitions (at most N).",
+            envvar="WSLOG_REPLICAS",
+        ),
+    ] = 1
+    replica: Annotated[
+        str,
+        typer.Option(
+            help="nats: this replica's index, 0 to replicas-1, or a StatefulSet pod name "
+            "ending in it (wslog-correlator-2); it consumes partitions p with "
+            "p % replicas == index.",
+            envvar="WSLOG_REPLICA",
+        ),
+    ] = "0"
     pair_window: Annotated[
         float,
         typer.Option(
@@ -195,6 +227,20 @@ class LiveFlags:
             self.state_dir is None or files,
             "--state-dir applies only to --source files",
         )
+        nats = self.source is SourceKind.NATS
+        index = replica_index(self.replica)
+        check(problems, index is not None, f"--replica {self.replica!r}: give N or NAME-N")
+        check(
+            problems,
+            not nats or self.partitions >= self.replicas >= 1,
+            "--partitions must be at least --replicas, and --replicas at least 1",
+        )
+        check(
+            problems,
+            not nats or index is None or index < self.replicas,
+            f"--replica {self.replica}: must be below --replicas {self.replicas}",
+        )
+        check(problems, self.nats_url.startswith(("nats://", "tls://")), NATS_URL_FIX)
         kubeconfig = self.kubeconfig
         check(
             problems,
@@ -211,6 +257,18 @@ class LiveFlags:
             batch_interval_s=self.batch_interval,
             log_format=self.log_format,
             max_line_bytes=self.max_line_bytes,
+        )
+
+    def nats(self, url: str | None = None) -> NatsSettings:
+        """The NATS settings of a correlator replica (or of a forwarder publishing to ``url``)."""
+        if self.source is not SourceKind.NATS:
+            return NatsSettings(url=url or self.nats_url)
+        index = replica_index(self.replica) or 0
+        return NatsSettings(
+            url=url or self.nats_url,
+            partitions=self.partitions,
+            replica=index,
+            replicas=self.replicas,
         )
 
     def open_source(self) -> Source:
@@ -232,6 +290,10 @@ class LiveFlags:
             return FileSource(files)
         if self.source is SourceKind.STDIN:
             return StdinSource(max_line_bytes=self.max_line_bytes)
+        if self.source is SourceKind.NATS:
+            from exporter.jetstream import JetStreamSource
+
+            return JetStreamSource(self.nats())
         from exporter.kube import KubeSource, connect
 
         kube = KubeSettings(
@@ -248,6 +310,15 @@ class LiveFlags:
         except SourceError as error:
             raise SettingsError(f"{str(error).rstrip('.')}. {NO_CREDENTIALS_FIX}") from error
         return KubeSource(kube, api)
+
+
+NATS_URL_FIX = "--nats-url/--forward must be nats://HOST:PORT (or tls://HOST:PORT)"
+
+
+def replica_index(value: str) -> int | None:
+    """``2`` from ``2`` or from a StatefulSet pod name ``wslog-correlator-2``; None otherwise."""
+    tail = value.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -336,6 +407,15 @@ def exporter(
             envvar="WSLOG_MIN_RENDER_INTERVAL",
         ),
     ] = RENDER_INTERVAL_S,
+    forward: Annotated[
+        str | None,
+        typer.Option(
+            help="Forwarder mode (one per node): publish every line of the source to this "
+            "NATS server, keyed for the correlators (--source nats), instead of correlating "
+            "and serving metrics.",
+            envvar="WSLOG_FORWARD",
+        ),
+    ] = None,
 ) -> None:
     """Follow istio-proxy logs, correlate both sidecars of every WebSocket live, and serve
     Prometheus metrics (see the README's metrics table). Stops cleanly on SIGTERM, after
@@ -345,7 +425,20 @@ def exporter(
         problems = validate_http(drain_seconds, min_render_interval)
         check(problems, max_series >= 1, "--max-series must be at least 1")
         listen_at = _parsed(Listen.parse, listen, problems)
+        check(
+            problems,
+            forward is None or forward.startswith(("nats://", "tls://")),
+            NATS_URL_FIX,
+        )
+        check(
+            problems,
+            forward is None or flags.source is not SourceKind.NATS,
+            "--forward publishes a node's lines: use it with --source files, kubernetes or stdin",
+        )
         live = prepare(flags, problems)
+    if forward is not None:
+        _forward(flags, live, forward)
+        return
     from exporter.run import run_exporter
     from exporter.server import ListenError
 
@@ -394,6 +487,21 @@ def tail(
     if shown.height:
         console.print(summary_table(summary(shown)))
         print_failures(console, shown)
+
+
+def _forward(flags: LiveFlags, live: Live, url: str) -> None:
+    """The forwarder: the source's lines onto NATS until it ends or SIGTERM."""
+    from exporter.jetstream import Forwarder, LoggedEvents
+
+    forwarder = Forwarder(flags.nats(url), live.formats, flags.max_line_bytes)
+    try:
+        stats = forwarder.run(live.source, _stop_on_signals(), LoggedEvents())
+    except SourceError as error:
+        typer.echo(f"wslog exporter: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(
+        f"forwarded {stats.published} lines ({stats.duplicates} already published)", err=True
+    )
 
 
 def _parsed(parse: Callable[[str], T], value: str, problems: list[str]) -> T | None:
