@@ -1,6 +1,13 @@
 """The exporter's main loop: a source thread feeding the live pipeline, a tick every batch
 interval, metrics served until SIGTERM and for the drain period after it. ``wslog tail`` runs
-the same loop with a printer."""
+the same loop with a printer.
+
+When the loop stops (SIGTERM, or a source that ended), it normally flushes what is still held
+(entries waiting for a counterpart are counted unpaired), because nobody else will see them. A
+source whose input outlives the process says otherwise with ``flush_on_stop = False``
+(``exporter.jetstream.JetStreamSource``): what it holds is left unacknowledged, the next owner of
+its partitions receives it again with its counterparts, and flushing it here would count it
+twice."""
 
 from __future__ import annotations
 
@@ -91,7 +98,7 @@ class Loop:
             if stop.is_set():
                 break
             self.live.tick()
-            if ended.is_set() and not finished:
+            if ended.is_set() and not finished and self._flush_on_stop:
                 self.live.finish()
                 finished = True
             # Behind, batches come faster than the interval: what after_tick samples (the
@@ -103,9 +110,14 @@ class Loop:
                 break
         self.live.drain()
         feeder.join(timeout=5)  # the source sees stop and hands over its last lines
-        if not finished:
+        if not finished and self._flush_on_stop:
             self.live.finish()
             self.after_tick()
+
+    @property
+    def _flush_on_stop(self) -> bool:
+        """Whether held entries are counted at the end (see the module's docstring)."""
+        return bool(getattr(self.source, "flush_on_stop", True))
 
     def _feed(self, stop: threading.Event, ended: threading.Event) -> None:
         try:

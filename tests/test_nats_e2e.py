@@ -200,6 +200,19 @@ def wait_for_lines(correlators: list[Correlator], lines: int) -> list[Samples]:
     raise AssertionError(f"the replicas did not count {lines} lines in {DEADLINE_S}s")
 
 
+def wait_for_connections(correlators: list[Correlator], connections: int) -> list[Samples]:
+    """Scrape every replica until together they have counted ``connections`` connections
+    (bounded): a replica stopping counts nothing it still holds (that is left to the next owner
+    of its partitions), so a test reads the counts once the replicas released them."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        samples = [c.scrape() for c in correlators]
+        if sum(summed(samples).values()) >= connections:
+            return samples
+        time.sleep(0.2)
+    raise AssertionError(f"the replicas did not count {connections} connections in time")
+
+
 def summed(samples: list[Samples]) -> Counter[tuple[str, ...]]:
     together: Counter[tuple[str, ...]] = Counter()
     for one in samples:
@@ -219,6 +232,7 @@ def test_two_forwarders_and_three_correlators_count_what_analyze_finds(
     correlators = [Correlator(nats_server.url, k, tmp_path, 10) for k in range(REPLICAS)]
     try:
         wait_for_lines(correlators, lines)
+        wait_for_connections(correlators, sum(want.values()))
         finals = [c.stop() for c in correlators]
     finally:
         for c in correlators:

@@ -16,6 +16,11 @@ what is replayed is the held lines plus the lines after the oldest held one in t
 the connections among the latter that were already counted are counted again (the duplicates,
 bounded by what a partition receives while its oldest held line waits: the pair window in
 steady traffic, longer behind an open long-lived connection's entries).
+
+A graceful stop (SIGTERM) is a handover, not an end of input: ``flush_on_stop = False`` tells
+``exporter.run.Loop`` not to count what is held (it would count it unpaired, unacknowledged, and
+the next owner would count it again); the last acknowledgement leaves those messages to the next
+owner. The same duplicates as after a crash remain possible (counted lines after a held one).
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ class Partition:
 
 class JetStreamSource:
     """``wslog exporter --source nats``: this replica's partitions (``NatsSettings.owned``)."""
+
+    # Stopping (SIGTERM, a rescheduled pod) counts nothing that is held: those lines stay
+    # unacknowledged and the next owner of the partition counts them with their counterparts.
+    flush_on_stop = False
 
     def __init__(self, settings: NatsSettings) -> None:
         self.settings = settings
