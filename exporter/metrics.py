@@ -288,6 +288,43 @@ class Metrics:
             self.newest_entry.labels(**labels).set(timestamp_s)
 
 
+class ForwarderMetrics:
+    """The forwarder's families (``wslog exporter --forward``): it counts lines onto NATS, no
+    connection. Implements ``exporter.jetstream.forward.PublishMeter``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lines = Counter(
+            "wslog_forward_lines_total",
+            "Lines published to NATS JetStream and acknowledged by it, by result: stored, or "
+            "duplicate (already in the stream: lines replayed after a restart).",
+            ("result",),
+            registry=registry,
+        )
+        self.publish_errors = Counter(
+            "wslog_forward_publish_errors_total",
+            "Line publications that failed; each is retried (with backoff) until stored.",
+            registry=registry,
+        )
+        self.ready = Gauge(
+            "wslog_ready",
+            "1 when connected to NATS and the stream exists (same as /readyz).",
+            registry=registry,
+        )
+        self.build = Info("wslog_build", "wslog build information.", registry=registry)
+        for result in ("stored", "duplicate"):
+            self.lines.labels(result=result)
+
+    def published(self, stored: int, duplicates: int) -> None:
+        self.lines.labels(result="stored").inc(stored)
+        self.lines.labels(result="duplicate").inc(duplicates)
+
+    def failed(self, publications: int) -> None:
+        self.publish_errors.inc(publications)
+
+    def connected(self, ok: bool) -> None:
+        self.ready.set(1 if ok else 0)
+
+
 def new_registry() -> CollectorRegistry:
     """A registry of the exporter's own: no process or platform collectors, no globals."""
     return CollectorRegistry()

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -24,10 +25,19 @@ from analyzer.formats import FormatSet
 from analyzer.pipeline import Pipeline, Step
 from exporter.health import Health
 from exporter.live import LiveAnalyzer
-from exporter.metrics import Metrics, new_registry, record_step
+from exporter.metrics import ForwarderMetrics, Metrics, new_registry, record_step
 from exporter.server import serve
-from exporter.settings import ExporterSettings, PipelineSettings
+from exporter.settings import (
+    ExporterSettings,
+    HttpSettings,
+    Listen,
+    NatsSettings,
+    PipelineSettings,
+)
 from exporter.sources import Source, SourceEvents
+
+if TYPE_CHECKING:
+    from exporter.jetstream import ForwardStats
 
 log = logging.getLogger("wslog.exporter")
 OnStep = Callable[[Step, pl.DataFrame], None]
@@ -152,6 +162,39 @@ def run_exporter(
     try:
         loop.run(stop)
         server.drain(settings.http.drain_s)  # the final counts, flushed by run, stay scrapeable
+    finally:
+        server.close()
+
+
+def run_forwarder(
+    listen: Listen,
+    http: HttpSettings,
+    nats: NatsSettings,
+    source: Source,
+    formats: FormatSet,
+    stop: threading.Event,
+    *,
+    max_line_bytes: int,
+    on_listen: Callable[[int], None] = lambda port: None,
+) -> ForwardStats:
+    """``wslog exporter --forward``: ``source``'s lines onto NATS, with /healthz, /readyz (ready
+    once connected and the stream exists) and the forwarder's /metrics on ``listen``. Stopped
+    by SIGTERM, it serves its final counts for the drain period; a source that ended (--once)
+    stops at once."""
+    from exporter.jetstream import Forwarder, LoggedEvents
+
+    registry = new_registry()
+    metrics = ForwarderMetrics(registry)
+    metrics.build.info({"version": _version()})
+    forwarder = Forwarder(nats, formats, max_line_bytes, metrics)
+    server = serve(listen, http, registry, forwarder.readiness)
+    log.info("serving /metrics, /healthz, /readyz", extra={"port": server.port})
+    on_listen(server.port)
+    try:
+        stats = forwarder.run(source, stop, LoggedEvents())
+        if stop.is_set():
+            server.drain(http.drain_s)
+        return stats
     finally:
         server.close()
 

@@ -47,13 +47,14 @@ def free_port() -> int:
 class NatsServer:
     """A real nats-server with JetStream and the partition mapping, on a free port."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        """On a free port, or on ``port`` (a restart on the same store)."""
+        self.port = port or free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         conf = tmp / "nats.conf"
         listen = f"127.0.0.1:{self.port}"
         conf.write_text(server_config(PARTITIONS, listen=listen, store_dir=str(tmp / "js")))
-        self.log = (tmp / "nats.log").open("wb")
+        self.log = (tmp / "nats.log").open("ab")
         self.process = subprocess.Popen(
             ["nats-server", "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -100,7 +101,7 @@ def wslog(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 def forward(node: Path, url: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
     args = ["exporter", "--source", "files", "--path", f"{node}/*/*.log", "--once"]
-    args += ["--from-start", "--forward", url, *extra]
+    args += ["--from-start", "--forward", url, "--listen", "127.0.0.1:0", *extra]
     log = tmp / f"forward-{node.name}.log"
     process = wslog(*args, log=log)
     assert process.wait(DEADLINE_S) == 0, log.read_text()

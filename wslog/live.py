@@ -411,8 +411,8 @@ def exporter(
         str | None,
         typer.Option(
             help="Forwarder mode (one per node): publish every line of the source to this "
-            "NATS server, keyed for the correlators (--source nats), instead of correlating "
-            "and serving metrics.",
+            "NATS server, keyed for the correlators (--source nats), instead of correlating; "
+            "--listen then serves the forwarder's own /metrics, /healthz and /readyz.",
             envvar="WSLOG_FORWARD",
         ),
     ] = None,
@@ -436,14 +436,14 @@ def exporter(
             "--forward publishes a node's lines: use it with --source files, kubernetes or stdin",
         )
         live = prepare(flags, problems)
-    if forward is not None:
-        _forward(flags, live, forward)
-        return
     from exporter.run import run_exporter
     from exporter.server import ListenError
 
     http = HttpSettings(min_render_interval_s=min_render_interval, drain_s=drain_seconds)
     assert listen_at is not None  # prepare raised otherwise
+    if forward is not None:
+        _forward(flags, live, forward, listen_at, http)
+        return
     settings = ExporterSettings(flags.source, listen_at, max_series, live.pipeline, http)
     try:
         run_exporter(settings, live.source, live.formats, _stop_on_signals())
@@ -489,13 +489,25 @@ def tail(
         print_failures(console, shown)
 
 
-def _forward(flags: LiveFlags, live: Live, url: str) -> None:
-    """The forwarder: the source's lines onto NATS until it ends or SIGTERM."""
-    from exporter.jetstream import Forwarder, LoggedEvents
+def _forward(flags: LiveFlags, live: Live, url: str, listen: Listen, http: HttpSettings) -> None:
+    """The forwarder: the source's lines onto NATS until it ends or SIGTERM, its own health
+    and metrics on ``listen``."""
+    from exporter.run import run_forwarder
+    from exporter.server import ListenError
 
-    forwarder = Forwarder(flags.nats(url), live.formats, flags.max_line_bytes)
     try:
-        stats = forwarder.run(live.source, _stop_on_signals(), LoggedEvents())
+        stats = run_forwarder(
+            listen,
+            http,
+            flags.nats(url),
+            live.source,
+            live.formats,
+            _stop_on_signals(),
+            max_line_bytes=flags.max_line_bytes,
+        )
+    except ListenError as error:
+        typer.echo(f"wslog exporter: {error}", err=True)
+        raise typer.Exit(2) from error
     except SourceError as error:
         typer.echo(f"wslog exporter: {error}", err=True)
         raise typer.Exit(1) from error

@@ -24,7 +24,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import nats
 import polars as pl
@@ -53,6 +53,27 @@ class ForwardStats:
     retries: int = 0  # publish attempts that failed and were retried
 
 
+class PublishMeter(Protocol):
+    """Where the forwarder reports what it did (``exporter.metrics.ForwarderMetrics``)."""
+
+    def published(self, stored: int, duplicates: int) -> None: ...
+
+    def failed(self, publications: int) -> None: ...
+
+    def connected(self, ok: bool) -> None: ...
+
+
+class NoMeter:
+    def published(self, stored: int, duplicates: int) -> None:
+        pass
+
+    def failed(self, publications: int) -> None:
+        pass
+
+    def connected(self, ok: bool) -> None:
+        pass
+
+
 class LoggedEvents:
     """The forwarder's ``SourceEvents``: it serves no metrics, so its streams' life is logged."""
 
@@ -74,12 +95,18 @@ class Forwarder:
     """Runs ``source`` and publishes its lines until it ends or ``stop`` is set."""
 
     def __init__(
-        self, settings: NatsSettings, formats: FormatSet, max_line_bytes: int = MAX_LINE_BYTES
+        self,
+        settings: NatsSettings,
+        formats: FormatSet,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        meter: PublishMeter | None = None,
     ) -> None:
         self.settings = settings
         self.formats = formats
         self.max_line_bytes = max_line_bytes
         self.stats = ForwardStats()
+        self.meter = meter or NoMeter()
+        self._ready = (False, "connecting to NATS")
         self._deframers: dict[str, Deframer] = {}
         self._repeats: OrderedDict[str, int] = OrderedDict()  # a line's earlier copies
         self._loop = asyncio.new_event_loop()
@@ -101,6 +128,14 @@ class Forwarder:
             self._loop.close()
         return self.stats
 
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz: connected to NATS and the stream exists (else why not)."""
+        return self._ready
+
+    def _set_ready(self, ok: bool, reason: str = "") -> None:
+        self._ready = (ok, reason)
+        self.meter.connected(ok)
+
     def publish_chunk(self, chunk: Chunk) -> None:
         """The source's sink: every line of ``chunk`` published (and stored) before it returns."""
         keys = self._keys(chunk)
@@ -113,17 +148,27 @@ class Forwarder:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     async def _connect(self) -> None:
+        url = self.settings.url
+
+        async def disconnected() -> None:
+            self._set_ready(False, f"disconnected from NATS at {url}, reconnecting")
+
+        async def reconnected() -> None:
+            self._set_ready(True)
+
         try:
             self._nc = await nats.connect(
-                self.settings.url,
+                url,
                 connect_timeout=self.settings.connect_timeout_s,
                 max_reconnect_attempts=-1,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
             )
         except Exception as exc:  # nats raises OSError, TimeoutError and its own errors
-            raise SourceError(
-                f"cannot reach NATS at {self.settings.url}: {exc}", retryable=True
-            ) from exc
+            self._set_ready(False, f"cannot reach NATS at {url}")
+            raise SourceError(f"cannot reach NATS at {url}: {exc}", retryable=True) from exc
         await ensure_stream(self._nc.jetstream(), self.settings)
+        self._set_ready(True)
 
     def _keys(self, chunk: Chunk) -> list[str]:
         """One key per physical line: its logical line's (a continuation takes the key of the
@@ -171,16 +216,22 @@ class Forwarder:
                 *(js.publish(s, p, headers=h) for s, p, h in todo), return_exceptions=True
             )
             failed = []
+            stored = duplicates = 0
             for message, result in zip(todo, results, strict=True):
                 if isinstance(result, BaseException):
                     failed.append(message)
                     error = result
+                elif result.duplicate:
+                    duplicates += 1
                 else:
-                    self.stats.published += 1
-                    self.stats.duplicates += bool(result.duplicate)
+                    stored += 1
+            self.stats.published += stored + duplicates
+            self.stats.duplicates += duplicates
+            self.meter.published(stored, duplicates)
             if not failed:
                 return
             self.stats.retries += len(failed)
+            self.meter.failed(len(failed))
             self._explain(error)
             if self._stop.is_set():
                 raise SourceError(f"stopping with {len(failed)} lines unpublished", retryable=True)
