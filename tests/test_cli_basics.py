@@ -92,3 +92,12 @@ def test_help_and_analyzing_files_never_import_the_cluster_the_metrics_or_the_la
         assert done.returncode == 0, done.stderr
         assert done.stderr.splitlines()[-1] == "[]", (args, done.stderr)
     assert "h1-h1" in done.stdout  # the analysis did run
+
+
+def test_tail_refuses_the_nats_source_instead_of_taking_partitions_over() -> None:
+    """A tail consuming a correlator's partitions would take them from the running replicas
+    (each partition's consumer resumes for its newest reader)."""
+    result = run_wslog("tail", "--source", "nats", "--nats-url", "nats://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert "--source nats is a correlator replica's input" in result.stderr
+    assert "Traceback" not in result.stderr

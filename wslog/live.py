@@ -480,6 +480,13 @@ def tail(
             not unknown,
             f"--outcome {', '.join(unknown)}: not an outcome; choose from {choices}",
         )
+        check(
+            problems,
+            flags.source is not SourceKind.NATS,
+            "--source nats is a correlator replica's input: tail would take its partitions "
+            "over from the running replicas. Follow the logs directly (--source kubernetes, "
+            "--source files), or read a replica's counts from its /metrics",
+        )
         live = prepare(flags, problems)
     only = TailFilter(tuple(filter_namespace or []), tuple(service or []), tuple(outcome or []))
     console = report_console()
