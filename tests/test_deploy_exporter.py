@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from exporter.jetstream.subjects import server_config
 from tests.conftest import TESTDATA
 from tests.deploy.manifests import (
     DEPLOY,
@@ -25,9 +27,12 @@ from tests.deploy.manifests import (
     render,
     validate_custom,
 )
+from wslog.live import replica_index
 
 Obj = dict[str, Any]
-VARIANTS = ("exporter", "exporter/namespaced", "exporter/daemonset")
+VARIANTS = ("exporter", "exporter/namespaced", "exporter/daemonset", "exporter/sharded")
+SHARDED = "exporter/sharded"
+WORKLOAD_KINDS = ("Deployment", "DaemonSet", "StatefulSet")
 STATE_DIR = "/var/lib/wslog"
 LEAST_PRIVILEGE = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
@@ -52,8 +57,14 @@ def _objects(variant: str) -> tuple[Obj, ...]:
 
 
 def _workload(variant: str) -> Obj:
-    kind = "DaemonSet" if variant.endswith("daemonset") else "Deployment"
+    """The workload serving the connection metrics (the correlators, when sharded)."""
+    kind = {"exporter/daemonset": "DaemonSet", SHARDED: "StatefulSet"}.get(variant, "Deployment")
     return find(_objects(variant), kind, "wslog-exporter")
+
+
+def _pods(variant: str) -> list[Obj]:
+    """Every workload's pod spec."""
+    return [o["spec"]["template"]["spec"] for o in _objects(variant) if o["kind"] in WORKLOAD_KINDS]
 
 
 def _pod(variant: str) -> Obj:
@@ -117,7 +128,11 @@ def test_daemonset_variant_has_no_api_access() -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_container_is_locked_down(variant: str) -> None:
-    pod = _pod(variant)
+    for pod in _pods(variant):
+        _assert_locked_down(pod)
+
+
+def _assert_locked_down(pod: Obj) -> None:
     (container,) = pod["containers"]
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     context = container["securityContext"]
@@ -188,11 +203,12 @@ def test_daemonset_keeps_file_positions_on_the_node_across_restarts() -> None:
 def test_pod_security_level_of_the_namespace_admits_the_pod(variant: str) -> None:
     namespace = find(_objects(variant), "Namespace", "wslog-system")
     level = namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
-    pod = _pod(variant)
-    uses_host = any("hostPath" in v for v in pod.get("volumes", []))
-    root = pod["securityContext"].get("runAsUser") == 0
+    pods = _pods(variant)
+    uses_host = any("hostPath" in v for pod in pods for v in pod.get("volumes", []))
+    root = any(pod["securityContext"].get("runAsUser") == 0 for pod in pods)
     if level == "restricted":
-        assert not uses_host and not root and pod["securityContext"]["runAsNonRoot"] is True
+        assert not uses_host and not root
+        assert all(pod["securityContext"]["runAsNonRoot"] is True for pod in pods)
     else:
         assert level == "privileged" and (uses_host or root), "privileged only where needed"
 
@@ -225,12 +241,20 @@ PROMETHEUS = {
 }
 
 
-def _policies(variant: str) -> dict[str, Obj]:
-    pod_labels = _workload(variant)["spec"]["template"]["metadata"]["labels"]
+def _policies(variant: str, app: str = "wslog-exporter") -> dict[str, Obj]:
+    """The NetworkPolicies selecting the pods named ``app``; every policy selects some pod."""
+    workloads = [o for o in _objects(variant) if o["kind"] in WORKLOAD_KINDS]
+    labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads]
+    (pod_labels,) = [ls for ls in labels if ls["app.kubernetes.io/name"] == app]
     policies = [o for o in _objects(variant) if o["kind"] == "NetworkPolicy"]
     for policy in policies:
-        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    return {p["metadata"]["name"]: p["spec"] for p in policies}
+        selector = policy["spec"]["podSelector"]["matchLabels"].items()
+        assert any(selector <= ls.items() for ls in labels), policy["metadata"]["name"]
+    return {
+        p["metadata"]["name"]: p["spec"]
+        for p in policies
+        if p["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -262,6 +286,122 @@ def test_the_grace_period_covers_the_flush_and_the_drain(variant: str) -> None:
     drain = float(args[args.index("--drain-seconds") + 1])
     assert drain > 0
     assert pod["terminationGracePeriodSeconds"] >= drain + 10
+
+
+# --- sharded ------------------------------------------------------------------------------------
+
+NATS_EGRESS = [
+    {
+        "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "wslog-nats"}}}],
+        "ports": [{"port": 4222, "protocol": "TCP"}],
+    },
+    {
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+    },
+]
+
+
+def _args(workload: Obj) -> list[str]:
+    args: list[str] = workload["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def _flag(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_sharded_partitions_in_the_nats_mapping_equal_the_correlators_partitions() -> None:
+    objects = _objects(SHARDED)
+    conf = find(objects, "ConfigMap", "wslog-nats")["data"]["nats.conf"]
+    correlators = _workload(SHARDED)
+    args = _args(correlators)
+    partitions = int(_flag(args, "--partitions"))
+    # The mapping line is the one exporter/jetstream/subjects.py writes for that N.
+    written = server_config(partitions, listen="x", store_dir="x").splitlines()[-1]
+    assert written in conf.splitlines()
+    assert int(_flag(args, "--replicas")) == correlators["spec"]["replicas"] <= partitions
+
+
+def test_sharded_correlators_take_their_replica_index_from_the_pod_name() -> None:
+    correlators = _workload(SHARDED)
+    (container,) = correlators["spec"]["template"]["spec"]["containers"]
+    assert _flag(container["args"], "--replica") == "$(POD_NAME)"
+    (env,) = [e for e in container["env"] if e["name"] == "POD_NAME"]
+    assert env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    name = correlators["metadata"]["name"]
+    replicas = correlators["spec"]["replicas"]
+    assert [replica_index(f"{name}-{k}") for k in range(replicas)] == list(range(replicas))
+    assert _flag(container["args"], "--source") == "nats"
+
+
+def test_sharded_forwarders_read_node_logs_read_only_and_publish_to_the_nats_service() -> None:
+    objects = _objects(SHARDED)
+    forwarder = find(objects, "DaemonSet", "wslog-forwarder")
+    pod = forwarder["spec"]["template"]["spec"]
+    args = _args(forwarder)
+    state = _flag(args, "--state-dir")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    host_paths = {v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v}
+    assert host_paths == {"/var/log/pods", state}
+    for mount in pod["containers"][0]["volumeMounts"]:
+        if "hostPath" in volumes[mount["name"]]:
+            assert mount.get("readOnly", False) is (mount["mountPath"] != state)
+    nats = find(objects, "Service", "wslog-nats")
+    (port,) = nats["spec"]["ports"]
+    url = f"nats://wslog-nats:{port['port']}"
+    assert _flag(args, "--forward") == url == _flag(_args(_workload(SHARDED)), "--nats-url")
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_sharded_nats_keeps_its_stream_on_a_volume_and_reads_the_mapping() -> None:
+    nats = find(_objects(SHARDED), "StatefulSet", "wslog-nats")
+    (claim,) = nats["spec"]["volumeClaimTemplates"]
+    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    conf = find(_objects(SHARDED), "ConfigMap", "wslog-nats")["data"]["nats.conf"]
+    assert f'store_dir: "{mounts[claim["metadata"]["name"]]}"' in conf
+    assert _flag(container["args"], "--config") == f"{mounts['config']}/nats.conf"
+    assert re.fullmatch(r"nats:\d+\.\d+\.\d+-alpine", container["image"])
+
+
+def test_sharded_nats_is_reached_only_by_forwarders_and_correlators() -> None:
+    (policy,) = _policies(SHARDED, "wslog-nats").values()
+    assert policy["policyTypes"] == ["Ingress", "Egress"] and not policy.get("egress")
+    peers = [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": name}}}
+        for name in ("wslog-forwarder", "wslog-exporter")
+    ]
+    assert policy["ingress"] == [{"from": peers, "ports": [{"port": "nats", "protocol": "TCP"}]}]
+
+
+@pytest.mark.parametrize("app", ["wslog-forwarder", "wslog-exporter"])
+def test_sharded_forwarders_and_correlators_connect_only_to_nats_and_dns(app: str) -> None:
+    policies = _policies(SHARDED, app).values()
+    assert [p["egress"] for p in policies if "Egress" in p["policyTypes"]] == [NATS_EGRESS]
+    ingress = [p.get("ingress") for p in policies if "Ingress" in p["policyTypes"]]
+    assert ingress == [
+        [{"from": [PROMETHEUS], "ports": [{"port": "http-metrics", "protocol": "TCP"}]}]
+    ]
+
+
+def test_sharded_forwarders_metrics_are_scraped() -> None:
+    objects = _objects(SHARDED)
+    monitor = find(objects, "PodMonitor", "wslog-forwarder")
+    forwarder = find(objects, "DaemonSet", "wslog-forwarder")
+    labels = forwarder["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    (port,) = forwarder["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    assert _flag(_args(forwarder), "--listen") == f"0.0.0.0:{port['containerPort']}"
 
 
 # --- generated files -----------------------------------------------------------------------------

@@ -23,7 +23,12 @@ import yaml
 from tests.deploy.manifests import DEPLOY, KUBECTL, ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
-EXPORTER_VARIANTS = ("exporter", "exporter/namespaced", "exporter/daemonset")
+EXPORTER_VARIANTS = (
+    "exporter",
+    "exporter/namespaced",
+    "exporter/daemonset",
+    "exporter/sharded",
+)
 CHECKOV = Path(os.environ.get("WSLOG_CHECKOV", ROOT / ".venv-checkov" / "bin" / "checkov"))
 BUILD_TOOLS = ("gcc", "g++", "cc ", "make", "build-essential", "apt-get", "apk ", "cargo", "rustc")
 
