@@ -10,7 +10,7 @@
   it is timed until ``/metrics`` shows every line counted (``wslog_log_lines_total``), no
   stream open and nothing pending (the final flush ran), scraped every 0.2 s; then it gets
   SIGTERM and its peak RSS comes from ``wait4``.
-The figure is the exporter's wall time over mtail's: at most 1.0 is the target (issue 15).
+The figure is the exporter's wall time over mtail's: at most 1.0 is the target.
 Where mtail is not installed, the comparison is skipped with a message and the exporter alone
 is timed.
 """

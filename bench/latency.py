@@ -11,7 +11,7 @@ its defaults, and a hook on the metrics recording notes when each connection was
 A connection cannot be counted before the correlation rule lets it go: once an entry starting
 ``--pair-window`` after the connection's end has been read (docs/design.md section 3), so its
 latency is measured from the later of its last line written and that moment (its end plus the
-window, in the wall clock its timestamps use). The target (issue 15): under 2x
+window, in the wall clock its timestamps use). The target: under 2x
 ``--batch-interval`` at 5,000 lines/s.
 """
 

@@ -1,4 +1,5 @@
-"""Issue 15's four figures, each against its baseline measured in the same run.
+"""The four performance figures (analyze, 10M lines, exporter vs mtail, cold start), each
+against its baseline measured in the same run.
 
     python bench/run.py [--lines 1000000] [--lines-10m 10000000] [--repeat 1]
 
@@ -80,7 +81,7 @@ def measure(name: str, argv: list[str], feeder: list[str] | None = None) -> tupl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Issue 15's four figures (see module doc).")
+    parser = argparse.ArgumentParser(description="The four performance figures (see module doc).")
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--lines-10m", type=int, default=10_000_000, help="0: skip figure 2")
     parser.add_argument("--repeat", type=int, default=1)

@@ -178,8 +178,9 @@ def test_a_correlator_stopped_with_sigterm_leaves_what_it_holds_to_the_next_owne
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
     """SIGTERM mid-stream: the held entries are neither counted unpaired nor acknowledged, so
-    the next owner counts each connection once, with both sides (before issue 16's fix the
-    stopping replica flushed them as client-only and the next owner counted them again)."""
+    the next owner counts each connection once, with both sides (without the source's
+    ``flush_on_stop = False`` the stopping replica flushed them as client-only and the next
+    owner counted them again)."""
     run = hand_over(tmp_path, nats_server.url, graceful=True)
     print("nats sigterm:", json.dumps(run.report))
     assert run.observed == run.want
