@@ -42,8 +42,9 @@ from exporter.files import FileSource
 from exporter.jetstream import Forwarder, LoggedEvents
 from exporter.jetstream.subjects import consumer_name, nats_partition
 from exporter.settings import FileSettings, NatsSettings
+from tests.nats_server import NatsServer
 from tests.test_exporter import scrape, total
-from tests.test_nats_e2e import Correlator, NatsServer
+from tests.test_nats_e2e import Correlator
 
 PARTITIONS = 4
 
@@ -126,11 +127,11 @@ async def _reset(url: str) -> None:
 
 def correlate(url: str, replicas: int, lines: int, tmp: Path) -> dict[str, object]:
     asyncio.run(_reset(url))
-    import tests.test_nats_e2e as e2e
-
-    e2e.PARTITIONS, e2e.REPLICAS = PARTITIONS, replicas
     started = time.perf_counter()
-    running = [Correlator(url, k, tmp, 10.0) for k in range(replicas)]
+    running = [
+        Correlator(url, k, tmp, 10.0, partitions=PARTITIONS, replicas=replicas)
+        for k in range(replicas)
+    ]
     try:
         while True:
             counted = [total(scrape(c.port), "wslog_log_lines_total") for c in running]
@@ -159,10 +160,7 @@ def main() -> None:
         sys.exit("nats-server not found: make system-deps")
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
-        import tests.test_nats_e2e as e2e
-
-        e2e.PARTITIONS = PARTITIONS
-        server = NatsServer(tmp)
+        server = NatsServer(tmp, partitions=PARTITIONS)
         try:
             lines = node_files(tmp / "data", args.lines, args.clients)
             rate = forward(server.url, tmp / "data")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, Phase, settings
 
 from analyzer.pipeline import AnalysisResult
 from analyzer.schema import CONNECTION_SCHEMA, ENTRY_BRIEF_FIELDS
+from tests.nats_server import NatsServer
 
 # Property tests run the same examples on every run (``ci``, the default), and never shrink: on
 # a loaded 2-core machine shrinking a slow pipeline can outlast the test timeout. A failure
@@ -80,3 +82,13 @@ def verdicts(result: AnalysisResult) -> pl.DataFrame:
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     return TESTDATA
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server for one test (``tests/nats_server.py``), stopped after it."""
+    server = NatsServer(tmp_path)
+    try:
+        yield server
+    finally:
+        server.close()

@@ -10,81 +10,28 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from analyzer.cli import AnalysisOptions, analyze_paths
-from exporter.jetstream.subjects import server_config
 from exporter.metrics import CONNECTION_LABELS, UNKNOWN
 from tests.conftest import ROOT, TESTDATA
+from tests.nats_server import PARTITIONS, NatsServer, free_port
 from tests.test_exporter import Samples, counted_connections, scrape, total
 from tests.test_partition import relocate
 
 pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None, reason="make system-deps")
 
-PARTITIONS = 6
 REPLICAS = 3
 DEADLINE_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class NatsServer:
-    """A real nats-server with JetStream and the partition mapping, on a free port."""
-
-    def __init__(self, tmp: Path, port: int | None = None) -> None:
-        """On a free port, or on ``port`` (a restart on the same store)."""
-        self.port = port or free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        conf = tmp / "nats.conf"
-        listen = f"127.0.0.1:{self.port}"
-        conf.write_text(server_config(PARTITIONS, listen=listen, store_dir=str(tmp / "js")))
-        self.log = (tmp / "nats.log").open("ab")
-        self.process = subprocess.Popen(
-            ["nats-server", "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.close()
-        raise AssertionError("nats-server did not start")
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.log.close()
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def wslog(*args: str, log: Path) -> subprocess.Popen[bytes]:
@@ -109,15 +56,24 @@ def forward(node: Path, url: str, tmp: Path, *extra: str) -> subprocess.Complete
 
 
 class Correlator:
-    """``wslog exporter --source nats`` replica ``replica`` of ``REPLICAS``."""
+    """``wslog exporter --source nats`` replica ``replica`` of ``replicas``."""
 
-    def __init__(self, url: str, replica: int, tmp: Path, pair_window: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        replica: int,
+        tmp: Path,
+        pair_window: float,
+        *,
+        partitions: int = PARTITIONS,
+        replicas: int = REPLICAS,
+    ) -> None:
         self.port = free_port()
         self.log = tmp / f"correlator-{replica}.log"
         self.process = wslog(
             "exporter",
             "--source", "nats", "--nats-url", url,
-            "--partitions", str(PARTITIONS), "--replicas", str(REPLICAS),
+            "--partitions", str(partitions), "--replicas", str(replicas),
             "--replica", f"wslog-correlator-{replica}",
             "--listen", f"127.0.0.1:{self.port}",
             "--batch-interval", "0.2", "--pair-window", str(pair_window),

@@ -18,8 +18,9 @@ import nats
 import pytest
 
 from tests.conftest import TESTDATA
+from tests.nats_server import NatsServer, free_port
 from tests.test_exporter import Samples, scrape, total
-from tests.test_nats_e2e import DEADLINE_S, NatsServer, free_port, wslog
+from tests.test_nats_e2e import DEADLINE_S, wslog
 
 pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None, reason="make system-deps")
 

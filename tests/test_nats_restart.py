@@ -11,7 +11,6 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +21,12 @@ from analyzer.formats import default_formats
 from analyzer.framing import Deframer
 from analyzer.partition import line_keys, subject_token
 from exporter.jetstream.subjects import consumer_name, nats_partition
+from tests.nats_server import PARTITIONS, NatsServer
 from tests.test_exporter import Samples, counted_connections
 from tests.test_nats_e2e import (
     DEADLINE_S,
-    PARTITIONS,
     REPLICAS,
     Correlator,
-    NatsServer,
     expected,
     forward,
     nodes,
@@ -90,15 +88,6 @@ def settle(correlator: Correlator) -> Samples:
             return after
         before = after
     raise AssertionError("the correlator kept counting")
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @dataclass
