@@ -6,7 +6,6 @@ included; a replica's series sum with the others' (no connection counted twice).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,10 +22,10 @@ import pytest
 
 from analyzer.cli import AnalysisOptions, analyze_paths
 from exporter.metrics import CONNECTION_LABELS, UNKNOWN
-from tests.conftest import ROOT, TESTDATA
+from tests.conftest import ROOT
 from tests.nats_server import PARTITIONS, NatsServer, free_port
 from tests.test_exporter import Samples, counted_connections, scrape, total
-from tests.test_partition import relocate
+from tests.test_partition import lab_on_pod_ips
 
 pytestmark = pytest.mark.skipif(shutil.which("nats-server") is None, reason="make system-deps")
 
@@ -124,17 +123,7 @@ def nodes(tmp: Path) -> tuple[Path, Path]:
     """The lab's JSON captures on pod IPs: every client log on node A, every server log on
     node B, each scenario's directory keeping its name (a gateway's says so)."""
     node_a, node_b = tmp / "node-a", tmp / "node-b"
-    for i, scenario in enumerate(sorted((TESTDATA / "lab" / "json").iterdir())):
-        client_ip, server_ip = f"10.1.0.{i + 1}", f"10.2.0.{i + 1}"
-        for node, side, own in ((node_a, "client", client_ip), (node_b, "server", server_ip)):
-            entries = [
-                json.loads(line) for line in (scenario / f"{side}.log").read_text().splitlines()
-            ]
-            for entry in entries:
-                relocate(entry, own, client_ip, server_ip)
-            target = node / scenario.name / f"{side}.log"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+    lab_on_pod_ips(node_a, node_b)
     return node_a, node_b
 
 

@@ -83,21 +83,31 @@ def relocate(entry: dict[str, object], own_ip: str, client_ip: str, server_ip: s
         entry[field] = f"{ip}:{port}"
 
 
-def test_lab_captures_on_pod_ips_split_by_client_pod(tmp_path: Path) -> None:
-    """Every scenario's client on its own IP, its server on another: the connections still
-    match the whole, and sidecar-to-sidecar traffic keys by the client's IP."""
-    moved = tmp_path / "moved"
+def lab_on_pod_ips(client_dir: Path, server_dir: Path) -> None:
+    """The lab's JSON captures moved onto pod IPs (``relocate``: scenario i's client on
+    10.1.0.i, its server on 10.2.0.i), written as ``DIR/<scenario>/client.log`` under
+    ``client_dir`` and ``.../server.log`` under ``server_dir``."""
     for i, scenario in enumerate(sorted((TESTDATA / "lab" / "json").iterdir())):
         client_ip, server_ip = f"10.1.0.{i + 1}", f"10.2.0.{i + 1}"
-        for side, own in (("client", client_ip), ("server", server_ip)):
+        for side, own, out in (
+            ("client", client_ip, client_dir),
+            ("server", server_ip, server_dir),
+        ):
             entries = [
                 json.loads(line) for line in (scenario / f"{side}.log").read_text().splitlines()
             ]
             for entry in entries:
                 relocate(entry, own, client_ip, server_ip)
-            target = moved / scenario.name / f"{side}.log"
+            target = out / scenario.name / f"{side}.log"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+
+
+def test_lab_captures_on_pod_ips_split_by_client_pod(tmp_path: Path) -> None:
+    """Every scenario's client on its own IP, its server on another: the connections still
+    match the whole, and sidecar-to-sidecar traffic keys by the client's IP."""
+    moved = tmp_path / "moved"
+    lab_on_pod_ips(moved, moved)
     split(moved, tmp_path / "parts")
     assert_parts_find_the_whole(moved, tmp_path / "parts")
     h2_refused = moved / "h2-no-allow-connect"
