@@ -106,7 +106,10 @@ class LiveAnalyzer:
     _draining: bool = False
     _last_input: float = 0.0
     _idle_released: bool = True
-    _in_tick: list[pl.DataFrame] = field(default_factory=list)  # for held_lines, under _lock
+    # What the running tick works on, for held_lines (under _lock): its parts, and the entries
+    # that were pending when it began (kept as they are; held_lines reads them only if asked).
+    _in_tick: list[Framed] = field(default_factory=list)
+    _pending_at_tick: pl.DataFrame | None = None
 
     def __post_init__(self) -> None:
         self.progress = SourceProgress(self.idle_release_s)
@@ -164,7 +167,9 @@ class LiveAnalyzer:
         (buffered, in the running tick, or pending in the correlator). A source that
         acknowledges its input (``exporter.jetstream``) acknowledges only the others."""
         with self._lock:
-            held = [*self._in_tick, *(_lines_of(p) for p in self._buffer)]
+            held = [_lines_of(p) for p in (*self._in_tick, *self._buffer)]
+            if self._pending_at_tick is not None:
+                held.append(self._pending_at_tick)
             held.append(self.pipeline.correlator.pending_lines())
         return pl.concat(held)
 
@@ -174,12 +179,12 @@ class LiveAnalyzer:
             return self._tick()
         finally:
             with self._lock:
-                self._in_tick = []
+                self._in_tick, self._pending_at_tick = [], None
 
     def _tick(self) -> Step | None:
         with self._lock:
-            self._in_tick = [_lines_of(p) for p in self._buffer]
-            self._in_tick.append(self.pipeline.correlator.pending_lines())
+            self._in_tick = self._buffer
+            self._pending_at_tick = self.pipeline.correlator.pending_lines()
             parts, self._buffer = self._buffer, []
             self._buffered_bytes = 0
             self._lock.notify_all()
