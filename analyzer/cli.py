@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,7 +29,8 @@ from analyzer.formats import FormatSet
 from analyzer.inputs import BLOCK_BYTES, InputSet, InputSource, expand_all
 from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
-from analyzer.pipeline import AnalysisResult, Pipeline, analyze_chunks
+from analyzer.pipeline import BATCH_ENTRIES, AnalysisResult, Pipeline, analyze_chunks
+from analyzer.readahead import read_ahead
 from analyzer.timerange import TimeRange
 
 __all__ = ["AnalysisOptions", "analyze_paths", "analyze_sources", "command_formats", "expand_paths"]
@@ -70,12 +71,15 @@ def analyze_sources(
     formats: FormatSet | None = None,
     unit: str = "inputs",
     block_bytes: int = BLOCK_BYTES,
+    batch_entries: int = BATCH_ENTRIES,
     stdin: BinaryIO | None = None,
 ) -> AnalysisResult:
     """Every source decoded in time order through one pipeline. ``formats`` are those of
     ``options.log_format`` unless given (a caller that must fail on a bad format before
     reading anything builds them first); ``unit`` names the sources in the progress shown on
-    a terminal (e.g. ``pods``); ``stdin`` is what ``-`` reads."""
+    a terminal (e.g. ``pods``); ``stdin`` is what ``-`` reads. ``block_bytes`` (a read) and
+    ``batch_entries`` (a correlation step) are tuning, never a verdict's cause, except for an
+    input going back in time by more than the window (``late_entries``)."""
     options = options or AnalysisOptions()
     formats = formats or command_formats(options.log_format)
     inputs = InputSet(
@@ -91,11 +95,11 @@ def analyze_sources(
         clock_skew=timedelta(seconds=options.clock_skew),
     )
     pipeline = Pipeline(formats=formats, settings=settings, keep_query=options.keep_query)
-    chunks = _with_progress(inputs, unit)
+    reads = read_ahead(lambda: _read(inputs))
     return analyze_chunks(
-        chunks,
-        inputs.low_watermark,
+        ((read.chunk, read.watermark) for read in _with_progress(reads, inputs, unit)),
         pipeline=pipeline,
+        batch_entries=batch_entries,
         include_all=options.include_all,
         time_range=options.time_range,
     )
@@ -122,13 +126,29 @@ def _note_skipped(skipped: list[Path]) -> None:
         )
 
 
-def _with_progress(inputs: InputSet, unit: str) -> Iterator[Decoded]:
+@dataclass(frozen=True)
+class _Read:
+    """A decoded chunk and how far the inputs had got once it was read (a snapshot: the
+    reader thread reads on while the chunk is correlated)."""
+
+    chunk: Decoded
+    watermark: datetime  # InputSet.low_watermark
+    bytes_read: int
+    sources_read: int
+
+
+def _read(inputs: InputSet) -> Iterator[_Read]:
+    for chunk in inputs:
+        yield _Read(chunk, inputs.low_watermark(), inputs.bytes_read(), inputs.sources_read())
+
+
+def _with_progress(reads: Iterator[_Read], inputs: InputSet, unit: str) -> Iterator[_Read]:
     """Progress on stderr when it is a terminal: bytes read of the total and the time left
     when every input is a file, else the lines decoded so far (and how many of several
     sources were read: pods of a cluster)."""
     console = Console(stderr=True)
     if not console.is_terminal:
-        yield from inputs
+        yield from reads
         return
     total = inputs.total_bytes()
     lines_read = TextColumn("{task.fields[lines]:,} lines")
@@ -136,13 +156,13 @@ def _with_progress(inputs: InputSet, unit: str) -> Iterator[Decoded]:
     if total is not None:
         columns = (BarColumn(), DownloadColumn(), lines_read, TimeRemainingColumn())
     elif len(inputs.readers) > 1:
-        read = TextColumn(f"{{task.fields[done]}} of {len(inputs.readers)} {unit} read")
-        columns = (SpinnerColumn(), read, lines_read, TimeElapsedColumn())
+        sources = TextColumn(f"{{task.fields[done]}} of {len(inputs.readers)} {unit} read")
+        columns = (SpinnerColumn(), sources, lines_read, TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("reading", total=total, lines=0, done=0)
         lines = 0
-        for chunk in inputs:
-            lines += chunk.lines
-            done = inputs.sources_read()
-            progress.update(task, completed=inputs.bytes_read(), lines=lines, done=done)
-            yield chunk
+        for read in reads:
+            lines += read.chunk.lines
+            done = read.sources_read
+            progress.update(task, completed=read.bytes_read, lines=lines, done=done)
+            yield read

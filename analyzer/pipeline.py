@@ -9,7 +9,7 @@ running ``PathEvidence``, because analyze decides once at the end and the export
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -167,10 +167,11 @@ class Analysis:
     def result(
         self, *, include_all: bool = False, time_range: TimeRange | None = None
     ) -> AnalysisResult:
-        # The table is large (a few hundred bytes a connection): it is copied once, by the
-        # gather that keeps the candidates in range, in report order.
+        """The run's result; once: the connections are handed over, not copied."""
         parts = [pl.DataFrame(schema=CONNECTION_SCHEMA), *self._connections]
+        self._connections = []  # the table is gathered out of ``every`` column by column
         every = pl.concat(parts, rechunk=False)
+        del parts
         evidence = PathEvidence(limit=1_000_000)
         evidence.learn(every)
         kind = websocket_evidence(every, evidence.paths, include_all=include_all)
@@ -181,7 +182,13 @@ class Analysis:
         )
         order = every.select(pl.arg_sort_by("start_time", "request_id", nulls_last=True))
         kept = order.to_series().filter(keep.gather(order.to_series()))
-        connections = every.with_columns(kind).select(list(CONNECTION_SCHEMA))[kept]
+        height, table = every.height, every.with_columns(kind).select(list(CONNECTION_SCHEMA))
+        del every  # the table is large (a few hundred bytes a connection) and copied once,
+        columns = []  # by a gather one column at a time, each column let go once gathered
+        for name in CONNECTION_SCHEMA:
+            columns.append(table.get_column(name).gather(kept))
+            table = table.drop(name)
+        connections = pl.DataFrame(columns)
         selected = int(candidate.sum())
         examples = pl.concat([pl.DataFrame(schema=REJECT_SCHEMA), *self._examples])
         return AnalysisResult(
@@ -189,7 +196,7 @@ class Analysis:
             lines={result: self._lines[result] for result in LineResult},
             rejects_by_reason=dict(self._reasons.most_common()),
             reject_examples=examples,
-            left_out_http=every.height - selected,
+            left_out_http=height - selected,
             non_http=self._non_http,
             evicted=dict(self._evicted),
             late_entries=self._late,
@@ -198,23 +205,49 @@ class Analysis:
         )
 
 
+# Entries correlated at a time by analyze: the correlator's work per feed is the batch plus a
+# pass over what is pending (a correlation window of every input), so small reads are joined
+# up. 100,000 entries are about 80 MiB decoded.
+BATCH_ENTRIES = 100_000
+
+
+def batches(
+    chunks: Iterable[tuple[Decoded, datetime]], batch_entries: int
+) -> Iterator[tuple[Decoded, datetime]]:
+    """Consecutive chunks joined up to at least ``batch_entries`` entries, each batch with the
+    watermark of its last chunk: every entry read by then is in the batch, so the watermark
+    holds for it as it held for that chunk (releasing later than a chunk at a time could,
+    never earlier)."""
+    parts: list[Decoded] = []
+    entries = 0
+    for chunk, watermark in chunks:
+        parts.append(chunk)
+        entries += chunk.entries.height
+        if entries >= batch_entries:
+            yield Decoded.concat(parts), watermark
+            parts, entries = [], 0
+    if parts:
+        yield Decoded.concat(parts), watermark
+
+
 def analyze_chunks(
-    chunks: Iterable[Decoded],
-    watermark: Callable[[], datetime],
+    chunks: Iterable[tuple[Decoded, datetime]],
     *,
     pipeline: Pipeline,
     include_all: bool = False,
     time_range: TimeRange | None = None,
+    batch_entries: int = BATCH_ENTRIES,
 ) -> AnalysisResult:
-    """A whole run of ``wslog analyze``: every decoded chunk through ``pipeline``, with the
-    inputs' ``watermark`` read after each, then the end of input. Connections released without
-    both sides are held to the end (``CorrelationSettings.hold_unpaired``), so a counterpart
-    later in the same stream still joins them. WebSocket connections not open within
-    ``time_range`` are counted and left out."""
+    """A whole run of ``wslog analyze``: every decoded chunk through ``pipeline``, each with
+    the inputs' watermark once it was read, then the end of input. Chunks are fed
+    ``batch_entries`` at a time (see ``batches``). Connections released without both sides are
+    held to the end (``CorrelationSettings.hold_unpaired``), so a counterpart later in the
+    same stream still joins them. WebSocket connections not open within ``time_range`` are
+    counted and left out."""
     if not pipeline.settings.hold_unpaired:
         pipeline = replace(pipeline, settings=replace(pipeline.settings, hold_unpaired=True))
     analysis = Analysis()
-    for chunk in chunks:
-        analysis.add(pipeline.feed_decoded(chunk, watermark()))
+    for batch, watermark in batches(chunks, batch_entries):
+        analysis.add(pipeline.feed_decoded(batch, watermark))
     analysis.add(pipeline.flush())
     return analysis.result(include_all=include_all, time_range=time_range)
