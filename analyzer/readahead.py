@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -41,7 +41,9 @@ class _End:
     pass
 
 
-def read_ahead(produce: Callable[[], Iterator[T]], depth: int = 2) -> Iterator[T]:
+def read_ahead(
+    produce: Callable[[], Iterator[T]], depth: int = 2
+) -> Generator[T, None, None]:
     """The items of ``produce()``, computed in a daemon thread at most ``depth`` items ahead.
     Closing the returned generator (a consumer that stops early, Ctrl-C) stops the thread and
     closes ``produce()``'s iterator there, so its ``finally`` blocks run (files are closed);
