@@ -41,9 +41,7 @@ class _End:
     pass
 
 
-def read_ahead(
-    produce: Callable[[], Iterator[T]], depth: int = 2
-) -> Generator[T, None, None]:
+def read_ahead(produce: Callable[[], Iterator[T]], depth: int = 2) -> Generator[T, None, None]:
     """The items of ``produce()``, computed in a daemon thread at most ``depth`` items ahead.
     Closing the returned generator (a consumer that stops early, Ctrl-C) stops the thread and
     closes ``produce()``'s iterator there, so its ``finally`` blocks run (files are closed);
