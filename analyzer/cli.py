@@ -31,6 +31,7 @@ from analyzer.lines import MAX_LINE_BYTES
 from analyzer.options import log_formats
 from analyzer.pipeline import BATCH_ENTRIES, AnalysisResult, Pipeline, analyze_chunks
 from analyzer.readahead import read_ahead
+from analyzer.runs import ConnectionRuns
 from analyzer.timerange import TimeRange
 
 __all__ = ["AnalysisOptions", "analyze_paths", "analyze_sources", "command_formats", "expand_paths"]
@@ -72,6 +73,7 @@ def analyze_sources(
     unit: str = "inputs",
     block_bytes: int = BLOCK_BYTES,
     batch_entries: int = BATCH_ENTRIES,
+    runs: ConnectionRuns | None = None,
     stdin: BinaryIO | None = None,
 ) -> AnalysisResult:
     """Every source decoded in time order through one pipeline. ``formats`` are those of
@@ -79,7 +81,8 @@ def analyze_sources(
     reading anything builds them first); ``unit`` names the sources in the progress shown on
     a terminal (e.g. ``pods``); ``stdin`` is what ``-`` reads. ``block_bytes`` (a read) and
     ``batch_entries`` (a correlation step) are tuning, never a verdict's cause, except for an
-    input going back in time by more than the window (``late_entries``)."""
+    input going back in time by more than the window (``late_entries``); so is where the
+    connections are kept (``runs``, see ``analyzer.runs``)."""
     options = options or AnalysisOptions()
     formats = formats or command_formats(options.log_format)
     inputs = InputSet(
@@ -100,6 +103,7 @@ def analyze_sources(
         ((read.chunk, read.watermark) for read in _with_progress(reads, inputs, unit)),
         pipeline=pipeline,
         batch_entries=batch_entries,
+        runs=runs,
         include_all=options.include_all,
         time_range=options.time_range,
     )

@@ -8,6 +8,7 @@ running ``PathEvidence``, because analyze decides once at the end and the export
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from analyzer.correlate import CorrelationSettings, Correlator, Released
 from analyzer.decode import Decoded, decode_framed
 from analyzer.formats import FormatSet, default_formats
 from analyzer.framing import Framed
+from analyzer.runs import ConnectionRuns
 from analyzer.schema import CONNECTION_SCHEMA, REJECT_SCHEMA
 from analyzer.timerange import TimeRange
 from analyzer.vocab import PAIRING_SIDES, LineResult
@@ -119,10 +121,57 @@ def newest_by_source(entries: pl.DataFrame) -> dict[str, datetime]:
 
 
 @dataclass(frozen=True)
+class ConnectionTable:
+    """The WebSocket connections of a whole run, in report order (start time, then request
+    id), read a block at a time: a run of 10M lines holds millions of connections, more
+    than memory should (``analyzer.runs``). What is a WebSocket is decided here, once every
+    connection's path evidence is known."""
+
+    runs: ConnectionRuns
+    paths: pl.DataFrame  # PathEvidence.paths of the whole run
+    include_all: bool = False
+    time_range: TimeRange = field(default_factory=TimeRange)
+
+    def blocks(self) -> Iterator[pl.DataFrame]:
+        """CONNECTION_SCHEMA blocks, WebSocket candidates open within the range only."""
+        for block in self.runs.ordered():
+            kind = websocket_evidence(block, self.paths, include_all=self.include_all)
+            kept = block.with_columns(kind).filter(self._keep(block, kind))
+            if kept.height:
+                yield kept.select(list(CONNECTION_SCHEMA))
+
+    def frame(self) -> pl.DataFrame:
+        """Every block in one frame (for the JSON document and callers that hold it all)."""
+        return pl.concat([pl.DataFrame(schema=CONNECTION_SCHEMA), *self.blocks()])
+
+    def counts(self) -> tuple[int, int, int]:
+        """Connections (HTTP), WebSocket candidates, and those open within the range."""
+        total = candidates = kept = 0
+        for block in self.runs.scan(_COUNTED):
+            kind = websocket_evidence(block, self.paths, include_all=self.include_all)
+            total += block.height
+            candidates += block.height - kind.null_count()
+            kept += int(self._keep(block, kind).sum())
+        return total, candidates, kept
+
+    def _keep(self, block: pl.DataFrame, kind: pl.Series) -> pl.Series:
+        keep = kind.is_not_null()
+        if self.time_range.bounded:
+            keep = keep & block.select(self.time_range.inside()).to_series()
+        return keep
+
+
+# What ``ConnectionTable.counts`` reads: the evidence and the time range's columns.
+_COUNTED = ["evidence", "destination_service", "path", "start_time", "duration_ms"]
+_COUNTED += ["client", "server", "unsided"]
+
+
+@dataclass(frozen=True)
 class AnalysisResult:
     """A whole run of ``wslog analyze``: the WebSocket connections and the line accounting."""
 
-    connections: pl.DataFrame  # CONNECTION_SCHEMA, WebSocket candidates only
+    table: ConnectionTable  # the WebSocket candidates in range, read a block at a time
+    found: int  # connections in ``table``
     lines: dict[LineResult, int]
     rejects_by_reason: dict[str, int]
     reject_examples: pl.DataFrame  # REJECT_SCHEMA, at most ``max_examples`` rows
@@ -132,6 +181,12 @@ class AnalysisResult:
     late_entries: int = 0  # entries that came after their connection was released paired
     time_range: TimeRange = field(default_factory=TimeRange)  # --since / --until
     outside_range: int = 0  # WebSocket connections not open within ``time_range``
+
+    @functools.cached_property
+    def connections(self) -> pl.DataFrame:
+        """Every connection of ``table`` (CONNECTION_SCHEMA) in one frame, held once asked
+        for: the reports that can, read ``table.blocks()`` instead."""
+        return self.table.frame()
 
     @property
     def total_lines(self) -> int:
@@ -143,7 +198,8 @@ class Analysis:
     """Accumulates the steps of one run; decides what is a WebSocket once, at the end."""
 
     max_examples: int = 10
-    _connections: list[pl.DataFrame] = field(default_factory=list)
+    runs: ConnectionRuns = field(default_factory=ConnectionRuns)  # where connections are kept
+    _evidence: PathEvidence = field(default_factory=lambda: PathEvidence(limit=1_000_000))
     _lines: Counter[LineResult] = field(default_factory=Counter)
     _reasons: Counter[str] = field(default_factory=Counter)
     _examples: list[pl.DataFrame] = field(default_factory=list)
@@ -153,7 +209,8 @@ class Analysis:
     _late: int = 0
 
     def add(self, step: Step) -> None:
-        self._connections.append(step.connections)
+        self.runs.add(step.connections)
+        self._evidence.learn(step.connections)
         self._lines.update(step.lines)
         self._reasons.update(step.rejects.get_column("reason").to_list())
         room = self.max_examples - self._example_count
@@ -167,41 +224,22 @@ class Analysis:
     def result(
         self, *, include_all: bool = False, time_range: TimeRange | None = None
     ) -> AnalysisResult:
-        """The run's result; once: the connections are handed over, not copied."""
-        parts = [pl.DataFrame(schema=CONNECTION_SCHEMA), *self._connections]
-        self._connections = []  # the table is gathered out of ``every`` column by column
-        every = pl.concat(parts, rechunk=False)
-        del parts
-        evidence = PathEvidence(limit=1_000_000)
-        evidence.learn(every)
-        kind = websocket_evidence(every, evidence.paths, include_all=include_all)
-        candidate = kind.is_not_null()
         within = time_range or TimeRange()
-        keep = (
-            candidate & every.select(within.inside()).to_series() if within.bounded else candidate
-        )
-        order = every.select(pl.arg_sort_by("start_time", "request_id", nulls_last=True))
-        kept = order.to_series().filter(keep.gather(order.to_series()))
-        height, table = every.height, every.with_columns(kind).select(list(CONNECTION_SCHEMA))
-        del every  # the table is large (a few hundred bytes a connection) and copied once,
-        columns = []  # by a gather one column at a time, each column let go once gathered
-        for name in CONNECTION_SCHEMA:
-            columns.append(table.get_column(name).gather(kept))
-            table = table.drop(name)
-        connections = pl.DataFrame(columns)
-        selected = int(candidate.sum())
+        table = ConnectionTable(self.runs, self._evidence.paths, include_all, within)
+        total, candidates, kept = table.counts()
         examples = pl.concat([pl.DataFrame(schema=REJECT_SCHEMA), *self._examples])
         return AnalysisResult(
-            connections=connections,
+            table=table,
+            found=kept,
             lines={result: self._lines[result] for result in LineResult},
             rejects_by_reason=dict(self._reasons.most_common()),
             reject_examples=examples,
-            left_out_http=height - selected,
+            left_out_http=total - candidates,
             non_http=self._non_http,
             evicted=dict(self._evicted),
             late_entries=self._late,
             time_range=within,
-            outside_range=selected - connections.height,
+            outside_range=candidates - kept,
         )
 
 
@@ -237,16 +275,18 @@ def analyze_chunks(
     include_all: bool = False,
     time_range: TimeRange | None = None,
     batch_entries: int = BATCH_ENTRIES,
+    runs: ConnectionRuns | None = None,
 ) -> AnalysisResult:
     """A whole run of ``wslog analyze``: every decoded chunk through ``pipeline``, each with
     the inputs' watermark once it was read, then the end of input. Chunks are fed
     ``batch_entries`` at a time (see ``batches``). Connections released without both sides are
     held to the end (``CorrelationSettings.hold_unpaired``), so a counterpart later in the
     same stream still joins them. WebSocket connections not open within ``time_range`` are
-    counted and left out."""
+    counted and left out. The connections are kept in ``runs`` (by default, a fresh
+    ``ConnectionRuns``: on disk past its memory budget)."""
     if not pipeline.settings.hold_unpaired:
         pipeline = replace(pipeline, settings=replace(pipeline.settings, hold_unpaired=True))
-    analysis = Analysis()
+    analysis = Analysis(runs=runs or ConnectionRuns())
     for batch, watermark in batches(chunks, batch_entries):
         analysis.add(pipeline.feed_decoded(batch, watermark))
     analysis.add(pipeline.flush())

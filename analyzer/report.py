@@ -8,17 +8,21 @@ server entries flattened into ``client_*`` / ``server_*`` columns.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 import polars as pl
+from polars.io.plugins import register_io_source
 from rich.console import Console
 from rich.table import Table
 
 from analyzer.pipeline import AnalysisResult
+from analyzer.schema import CONNECTION_SCHEMA
 from analyzer.vocab import Cause, LineResult, Outcome, Pairing, explain
 
 ENTRY_COLUMNS = ("client", "server", "unsided")
@@ -45,45 +49,98 @@ UPGRADE_HINT = (
 )
 
 
-def summary(connections: pl.DataFrame) -> pl.DataFrame:
-    """Connections counted by destination service, upgrade path, outcome and cause."""
-    pairing = pl.col("pairing")
-    return (
-        connections.group_by(SUMMARY_KEYS)
-        .agg(
-            pl.len().alias("connections"),
-            *[(pairing == p.value).sum().alias(PAIRING_COLUMNS[p]) for p in Pairing],
-            pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids"),
+_FAILURE_KEYS = ["destination_service", "outcome", "cause", "reported_by", "transport_failure"]
+_EXAMPLES = pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids")
+
+
+@dataclass
+class Digest:
+    """What the reports say about connections (the summary, the failures, the pairing
+    counts), gathered a block at a time in report order: a count per group and each group's
+    first request ids, so the blocks of a run of any size are read once and not held."""
+
+    _summary: list[pl.DataFrame] = field(default_factory=list)
+    _failures: list[pl.DataFrame] = field(default_factory=list)
+    _pairing: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, blocks: Iterable[pl.DataFrame]) -> Digest:
+        digest = cls()
+        for block in blocks:
+            digest.add(block)
+        return digest
+
+    def add(self, block: pl.DataFrame) -> None:
+        pairing = pl.col("pairing")
+        pairs = [(pairing == p.value).sum().alias(PAIRING_COLUMNS[p]) for p in Pairing]
+        by_group = block.group_by(SUMMARY_KEYS, maintain_order=True)
+        self._summary.append(by_group.agg(pl.len().alias("connections"), *pairs, _EXAMPLES))
+        failed = block.filter(pl.col("outcome").is_in(NOT_UPGRADED))
+        by_failure = failed.group_by(_FAILURE_KEYS, maintain_order=True)
+        self._failures.append(by_failure.agg(pl.len().alias("connections"), _EXAMPLES))
+        self._pairing.update(dict(block.group_by("pairing").len().iter_rows()))
+
+    def summary(self) -> pl.DataFrame:
+        """Connections counted by destination service, upgrade path, outcome and cause."""
+        counts = ["connections", *PAIRING_COLUMNS.values()]
+        return _combine(self._summary, SUMMARY_KEYS, counts).sort(
+            ["destination_service", "upgrade_path", "outcome", "cause"], nulls_last=True
         )
-        .sort(["destination_service", "upgrade_path", "outcome", "cause"], nulls_last=True)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """One record per failure cause and service, with its explanation and remedy."""
+        grouped = _combine(self._failures, _FAILURE_KEYS, ["connections"]).sort(
+            "connections",
+            "destination_service",
+            descending=[True, False],
+            nulls_last=True,
+            maintain_order=True,
+        )
+        records = grouped.to_dicts()
+        for record in records:
+            explanation = explain(
+                Cause(record["cause"]), record["reported_by"], record["transport_failure"]
+            )
+            record["explanation"] = explanation.summary if explanation else ""
+            record["remedy"] = explanation.remedy if explanation else ""
+        return records
+
+    def pairing(self) -> dict[str, int]:
+        """Connections by pairing (``analyzer.vocab.Pairing``)."""
+        return dict(self._pairing)
+
+
+def _combine(parts: list[pl.DataFrame], keys: list[str], counts: list[str]) -> pl.DataFrame:
+    """Partial aggregates of blocks (in report order) as one: counts summed, the first
+    example ids kept."""
+    columns = [*keys, *counts, "example_request_ids"]
+    if not parts:
+        schema = {k: pl.String() for k in keys} | {c: pl.UInt32() for c in counts}
+        return pl.DataFrame(schema=schema | {"example_request_ids": pl.List(pl.String())})
+    return (
+        pl.concat([part.select(columns) for part in parts])
+        .group_by(keys, maintain_order=True)
+        .agg(
+            *[pl.col(c).sum() for c in counts],
+            pl.col("example_request_ids").explode().drop_nulls().head(EXAMPLE_IDS),
+        )
     )
+
+
+def summary(connections: pl.DataFrame) -> pl.DataFrame:
+    """``Digest.summary`` of one frame of connections."""
+    return Digest.of([connections]).summary()
 
 
 def failures(connections: pl.DataFrame) -> list[dict[str, Any]]:
-    """One record per failure cause and service, with the cause's explanation and remedy."""
-    failed = connections.filter(pl.col("outcome").is_in(NOT_UPGRADED))
-    grouped = (
-        failed.group_by(
-            "destination_service", "outcome", "cause", "reported_by", "transport_failure"
-        )
-        .agg(
-            pl.len().alias("connections"),
-            pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids"),
-        )
-        .sort("connections", "destination_service", descending=[True, False], nulls_last=True)
-    )
-    records = grouped.to_dicts()
-    for record in records:
-        explanation = explain(
-            Cause(record["cause"]), record["reported_by"], record["transport_failure"]
-        )
-        record["explanation"] = explanation.summary if explanation else ""
-        record["remedy"] = explanation.remedy if explanation else ""
-    return records
+    """``Digest.failures`` of one frame of connections."""
+    return Digest.of([connections]).failures()
 
 
 def document(result: AnalysisResult) -> dict[str, Any]:
+    """The JSON document: it holds every connection (``--format json`` says so in --help)."""
     lines = {str(k): v for k, v in result.lines.items()}
+    digest = Digest.of([result.connections])
     return {
         "lines": {
             "total": result.total_lines,
@@ -106,8 +163,8 @@ def document(result: AnalysisResult) -> dict[str, Any]:
         },
         "evicted": result.evicted,
         "late_entries": result.late_entries,
-        "summary": summary(result.connections).to_dicts(),
-        "failures": failures(result.connections),
+        "summary": digest.summary().to_dicts(),
+        "failures": digest.failures(),
         "connections": result.connections.to_dicts(),
     }
 
@@ -124,9 +181,13 @@ def to_json(result: AnalysisResult) -> bytes:
     )
 
 
-def to_ndjson(result: AnalysisResult) -> bytes:
-    rows = result.connections.to_dicts()
+def ndjson_lines(connections: pl.DataFrame) -> bytes:
+    rows = connections.to_dicts()
     return b"".join(orjson.dumps(row, default=_default) + b"\n" for row in rows)
+
+
+def to_ndjson(result: AnalysisResult) -> bytes:
+    return b"".join(ndjson_lines(block) for block in result.table.blocks())
 
 
 def flat(connections: pl.DataFrame) -> pl.DataFrame:
@@ -135,23 +196,51 @@ def flat(connections: pl.DataFrame) -> pl.DataFrame:
     return connections.select(pl.exclude(*ENTRY_COLUMNS), *prefixed)
 
 
-WRITERS: dict[str, Callable[[AnalysisResult], bytes]] = {
-    "json": to_json,
-    "ndjson": to_ndjson,
-    "csv": lambda result: flat(result.connections).write_csv().encode(),
+FLAT_SCHEMA = flat(pl.DataFrame(schema=CONNECTION_SCHEMA)).schema
+
+
+def _csv_blocks(result: AnalysisResult) -> Iterator[bytes]:
+    header = True
+    for block in result.table.blocks():
+        yield flat(block).write_csv(include_header=header).encode()
+        header = False
+    if header:  # no connection: the header alone, as for an empty table
+        yield flat(pl.DataFrame(schema=CONNECTION_SCHEMA)).write_csv().encode()
+
+
+STREAMS: dict[str, Callable[[AnalysisResult], Iterable[bytes]]] = {
+    "json": lambda result: [to_json(result)],
+    "ndjson": lambda result: (ndjson_lines(block) for block in result.table.blocks()),
+    "csv": _csv_blocks,
 }
 
 
 def write_binary(result: AnalysisResult, fmt: str, out: Path | IO[bytes]) -> None:
-    """Write ``json``, ``ndjson``, ``csv`` or ``parquet`` to a path or a binary stream."""
+    """Write ``json``, ``ndjson``, ``csv`` or ``parquet`` to a path or a binary stream, a
+    block of connections at a time (all but ``json`` hold one block, not the table)."""
     if fmt == "parquet":
-        flat(result.connections).write_parquet(out)
+        _parquet(result).sink_parquet(out, engine="streaming")
         return
-    payload = WRITERS[fmt](result)
     if isinstance(out, Path):
-        out.write_bytes(payload)
+        with out.open("wb") as handle:
+            for payload in STREAMS[fmt](result):
+                handle.write(payload)
     else:
-        out.write(payload)
+        for payload in STREAMS[fmt](result):
+            out.write(payload)
+
+
+def _parquet(result: AnalysisResult) -> pl.LazyFrame:
+    """The flattened connections as a lazy frame the streaming engine pulls block by block."""
+
+    def blocks(
+        with_columns: list[str] | None, predicate: Any, n_rows: int | None, batch_size: int | None
+    ) -> Iterator[pl.DataFrame]:
+        for block in result.table.blocks():
+            flattened = flat(block)
+            yield flattened if with_columns is None else flattened.select(with_columns)
+
+    return register_io_source(blocks, schema=FLAT_SCHEMA)
 
 
 PIPE_WIDTH = 4096
@@ -168,16 +257,18 @@ def report_console(file: IO[str] | None = None, *, stderr: bool = False) -> Cons
 
 
 def render_table(result: AnalysisResult, console: Console, *, connections: bool = False) -> None:
-    """The human report: summary, failures with remedies, unpaired counts, line accounting."""
-    conns = result.connections
-    if conns.height == 0:
+    """The human report: summary, failures with remedies, unpaired counts, line accounting.
+    It reads the connections once, a block at a time (twice with ``connections``)."""
+    digest = Digest.of(result.table.blocks())
+    if result.found == 0:
         console.print("[yellow]No WebSocket connections found.[/yellow]")
     else:
-        console.print(summary_table(summary(conns)))
-    print_failures(console, conns)
-    if connections and conns.height:
-        console.print(_connections_table(conns))
-    _print_pairing(console, conns)
+        console.print(summary_table(digest.summary()))
+    for record in digest.failures():
+        _print_failure(console, record)
+    if connections and result.found:
+        console.print(_connections_table(result.table.blocks()))
+    _print_pairing(console, digest.pairing())
     _print_lines(console, result)
 
 
@@ -246,19 +337,19 @@ def _pairing_cell(row: dict[str, Any]) -> str:
     return cell + (f" (+{row['unpaired']} side?)" if row["unpaired"] else "")
 
 
-def _connections_table(conns: pl.DataFrame) -> Table:
+def _connections_table(blocks: Iterable[pl.DataFrame]) -> Table:
     table = Table(title="Connections", title_justify="left")
     columns = CONNECTION_COLUMNS
     for name in columns:
         whole = name in ("request_id", "destination_service")
         table.add_column(name, overflow="fold", no_wrap=whole, min_width=36 if whole else None)
-    for row in conns.select(columns).iter_rows():
-        table.add_row(*("-" if v is None or v == "" else str(v) for v in row))
+    for block in blocks:
+        for row in block.select(columns).iter_rows():
+            table.add_row(*("-" if v is None or v == "" else str(v) for v in row))
     return table
 
 
-def _print_pairing(console: Console, conns: pl.DataFrame) -> None:
-    counts = dict(conns.group_by("pairing").len().iter_rows())
+def _print_pairing(console: Console, counts: dict[str, int]) -> None:
     client_only = counts.get(Pairing.CLIENT_ONLY, 0)
     server_only = counts.get(Pairing.SERVER_ONLY, 0)
     unknown = counts.get(Pairing.UNPAIRED, 0)

@@ -119,7 +119,14 @@ def analyze(
         ),
     ] = None,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Report format.")
+        OutputFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Report format. table, ndjson, csv and parquet are written a block of "
+            "connections at a time (memory stays flat on any input); json is one document "
+            "and holds every connection in memory.",
+        ),
     ] = OutputFormat.TABLE,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write the report here, not stdout.")
@@ -202,7 +209,7 @@ def analyze(
         else:
             result, where = analyze_paths(paths or [], options), " ".join(paths or [])
     _write(result, output_format, output, connections)
-    nothing_in_range = result.connections.height == 0 and result.outside_range > 0
+    nothing_in_range = result.found == 0 and result.outside_range > 0
     if result.lines[LineResult.ENTRY] == 0 or nothing_in_range:
         _say_nothing_read(result, where, gate=bool(checks))
     if _should_fail(result, checks):
@@ -316,18 +323,31 @@ def _should_fail(result: AnalysisResult, checks: set[str]) -> bool:
     """Whether ``--fail-on`` trips; if so, one line on stderr says which connections did."""
     if not checks:
         return False
-    conns = result.connections
-    hits = conns.filter(conns["outcome"].is_in(list(checks)) | conns["cause"].is_in(list(checks)))
-    if hits.height == 0:
+    parts = []
+    for block in result.table.blocks():
+        hits = block.filter(
+            block["outcome"].is_in(list(checks)) | block["cause"].is_in(list(checks))
+        )
+        parts.append(
+            hits.group_by("outcome", "cause", "destination_service").agg(
+                pl.len(), pl.col("request_id").drop_nulls().min()
+            )
+        )
+    if not parts:
         return False
-    groups = hits.group_by("outcome", "cause", "destination_service").agg(
-        pl.len(), pl.col("request_id").drop_nulls().sort().first()
+    groups = (
+        pl.concat(parts)
+        .group_by("outcome", "cause", "destination_service")
+        .agg(pl.col("len").sum(), pl.col("request_id").min())
+        .filter(pl.col("len") > 0)
     )
-    parts = [
+    if groups.height == 0:
+        return False
+    parts_text = [
         f"{n} {outcome}{'/' + cause if cause else ''} on {service or 'unknown'} (e.g. {rid or '-'})"
         for outcome, cause, service, n, rid in groups.sort("len", descending=True).iter_rows()
     ]
-    typer.echo(f"wslog analyze: --fail-on tripped by {'; '.join(parts)}", err=True)
+    typer.echo(f"wslog analyze: --fail-on tripped by {'; '.join(parts_text)}", err=True)
     return True
 
 
