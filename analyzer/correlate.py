@@ -48,7 +48,7 @@ from analyzer.vocab import Side
 CLIENT, SERVER = Side.CLIENT.value, Side.SERVER.value
 
 DPE_MAX_LAG = timedelta(milliseconds=3)
-CONN = ["gid", "anchor"]
+CONN = ["group", "anchor"]
 
 # Columns the correlator adds to each entry while it is pending.
 ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
@@ -60,7 +60,6 @@ ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
     "http": pl.Boolean(),
     "evidence": pl.String(),
     "group": pl.String(),  # "r|<request id>", or "u|<uid>" until an address partner is found
-    "gid": pl.Int64(),  # the group's number while it is pending (grouping by it is cheaper)
     "anchor": UTC_US,  # start of the client stream the entry belongs to
     "conn_end": UTC_US,  # newest entry end of the entry's connection
     "conn_done": pl.Boolean(),  # whether the connection has a final entry
@@ -110,7 +109,6 @@ class Correlator:
     _pending: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
     _watermark: datetime | None = None
     _next_uid: int = 0
-    _next_gid: int = 0
     _sources: side.SourceSides = field(init=False)
     _held: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
     _released: pl.Series = field(default_factory=lambda: pl.Series(dtype=pl.UInt64))  # groups
@@ -181,7 +179,7 @@ class Correlator:
         """Release everything still pending (end of input), with the held connections given a
         last chance to pair with entries that came after them."""
         if self._held.height:
-            held, self._held = self._with_gids(self._held), self._held.clear()
+            held, self._held = self._held, self._held.clear()
             frame, touched = self._pair(self._pending, held)
             self._pending = rekey(frame, touched, self.settings)
         return self._take(pl.lit(True), final=True)
@@ -201,43 +199,26 @@ class Correlator:
             .otherwise(pl.concat_str(pl.lit("u|"), pl.col("uid").cast(pl.String)))
         )
         annotated = annotate(entries.with_columns(uid=uids)).with_columns(group=own)
-        return self._with_gids(conform(annotated, PENDING_SCHEMA))
-
-    def _with_gids(self, entries: pl.DataFrame) -> pl.DataFrame:
-        """``entries`` with the ``gid`` of their group: the pending group's, else a new one
-        per group (so entries held apart that share a request id meet again)."""
-        groups = entries.select(pl.col("group").unique(maintain_order=True))
-        known = self._pending.select("group", "gid").unique("group")
-        numbered = groups.join(known, on="group", how="left", maintain_order="left")
-        new = numbered.get_column("gid").is_null()
-        first, self._next_gid = self._next_gid, self._next_gid + int(new.sum())
-        fresh = new.cast(pl.Int64).cum_sum() - 1 + first
-        numbered = numbered.with_columns(gid=pl.coalesce(pl.col("gid"), fresh))
-        joined = entries.drop("gid").join(numbered, on="group", how="left", maintain_order="left")
-        return joined.select(list(PENDING_SCHEMA))
+        return conform(annotated, PENDING_SCHEMA)
 
     def _pair(self, pending: pl.DataFrame, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
         """Pending plus batch, with entries that found an address partner moved into the
         partner's group (and proven servers); and the groups whose connections must be
         re-keyed."""
         frame = pl.concat([pending, batch], how="vertical")
-        touched = batch.get_column("gid").unique()
+        touched = batch.get_column("group").unique()
         partners = address_partners(frame, self.settings)
         if partners.height == 0:
             return frame, touched
         moved = partners.join(
-            frame.select(
-                pl.col("uid").alias("partner_uid"),
-                pl.col("group").alias("to"),
-                pl.col("gid").alias("to_gid"),
-            ),
+            frame.select(pl.col("uid").alias("partner_uid"), pl.col("group").alias("to")),
             on="partner_uid",
         )
-        uids = moved.get_column("uid")
-        new_group = pl.col("uid").replace_strict(uids, moved["to"], default=pl.col("group"))
-        new_gid = pl.col("uid").replace_strict(uids, moved["to_gid"], default=pl.col("gid"))
-        frame = side.with_server(frame.with_columns(group=new_group, gid=new_gid), uids)
-        return frame, pl.concat([touched, moved.get_column("to_gid")]).unique()
+        new_group = pl.col("uid").replace_strict(
+            moved.get_column("uid"), moved.get_column("to"), default=pl.col("group")
+        )
+        frame = side.with_server(frame.with_columns(group=new_group), moved.get_column("uid"))
+        return frame, pl.concat([touched, moved.get_column("to")]).unique()
 
     def _settle(self, entries: pl.DataFrame) -> pl.DataFrame:
         """Sides that only the complete connection or the source can tell (side.py, steps 2-3)."""
@@ -292,13 +273,13 @@ class Correlator:
 
 def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings) -> pl.DataFrame:
     """Recompute anchors and connection ends for the entries of the ``touched`` groups."""
-    hit = frame.get_column("gid").is_in(touched.implode())
+    hit = frame.get_column("group").is_in(touched.implode())
     work = frame.filter(hit)
     if work.height == 0:
         return frame
     streams = (
         work.filter(pl.col("role") == CLIENT)
-        .group_by("gid", "start_time")
+        .group_by("group", "start_time")
         .agg()
         .rename({"start_time": "stream"})
         .sort("stream")
@@ -308,11 +289,11 @@ def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings
         streams,
         left_on="probe",
         right_on="stream",
-        by="gid",
+        by="group",
         strategy="backward",
         check_sortedness=False,  # sorted by probe and stream within every group
     )
-    anchor = pl.coalesce(pl.col("stream"), pl.col("start_time").min().over("gid"))
+    anchor = pl.coalesce(pl.col("stream"), pl.col("start_time").min().over("group"))
     keyed = joined.with_columns(anchor=anchor).with_columns(
         conn_end=pl.col("end_time").max().over(CONN),
         conn_done=pl.col("final").any().over(CONN),
