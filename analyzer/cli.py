@@ -34,6 +34,10 @@ from analyzer.readahead import read_ahead
 from analyzer.runs import ConnectionRuns
 from analyzer.timerange import TimeRange
 
+# Chunks decoded ahead of correlation: a correlation step takes ``BATCH_ENTRIES`` (about ten
+# 8 MiB chunks), so the reader can decode the next step's chunks meanwhile (~4 MiB each).
+READ_AHEAD = 12
+
 __all__ = ["AnalysisOptions", "analyze_paths", "analyze_sources", "command_formats", "expand_paths"]
 
 
@@ -98,7 +102,7 @@ def analyze_sources(
         clock_skew=timedelta(seconds=options.clock_skew),
     )
     pipeline = Pipeline(formats=formats, settings=settings, keep_query=options.keep_query)
-    reads = read_ahead(lambda: _read(inputs))
+    reads = read_ahead(lambda: _read(inputs), depth=READ_AHEAD)
     return analyze_chunks(
         ((read.chunk, read.watermark) for read in _with_progress(reads, inputs, unit)),
         pipeline=pipeline,

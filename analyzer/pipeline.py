@@ -131,14 +131,21 @@ class ConnectionTable:
     paths: pl.DataFrame  # PathEvidence.paths of the whole run
     include_all: bool = False
     time_range: TimeRange = field(default_factory=TimeRange)
+    _counted: list[tuple[int, int, int]] = field(default_factory=list, compare=False)
 
     def blocks(self) -> Iterator[pl.DataFrame]:
-        """CONNECTION_SCHEMA blocks, WebSocket candidates open within the range only."""
+        """CONNECTION_SCHEMA blocks, WebSocket candidates open within the range only. A
+        complete pass also counts them (``counts`` then reads nothing again)."""
+        total = candidates = kept = 0
         for block in self.runs.ordered():
             kind = websocket_evidence(block, self.paths, include_all=self.include_all)
-            kept = block.with_columns(kind).filter(self._keep(block, kind))
-            if kept.height:
-                yield kept.select(list(CONNECTION_SCHEMA))
+            keep = self._keep(block, kind)
+            total, candidates = total + block.height, candidates + kind.len() - kind.null_count()
+            kept += int(keep.sum())
+            selected = block.with_columns(kind).filter(keep)
+            if selected.height:
+                yield selected.select(list(CONNECTION_SCHEMA))
+        self._counted[:] = [(total, candidates, kept)]
 
     def frame(self) -> pl.DataFrame:
         """Every block in one frame (for the JSON document and callers that hold it all)."""
@@ -146,6 +153,11 @@ class ConnectionTable:
 
     def counts(self) -> tuple[int, int, int]:
         """Connections (HTTP), WebSocket candidates, and those open within the range."""
+        if not self._counted:
+            self._counted.append(self._count())
+        return self._counted[0]
+
+    def _count(self) -> tuple[int, int, int]:
         total = candidates = kept = 0
         for block in self.runs.scan(_COUNTED):
             kind = websocket_evidence(block, self.paths, include_all=self.include_all)
@@ -171,16 +183,30 @@ class AnalysisResult:
     """A whole run of ``wslog analyze``: the WebSocket connections and the line accounting."""
 
     table: ConnectionTable  # the WebSocket candidates in range, read a block at a time
-    found: int  # connections in ``table``
     lines: dict[LineResult, int]
     rejects_by_reason: dict[str, int]
     reject_examples: pl.DataFrame  # REJECT_SCHEMA, at most ``max_examples`` rows
-    left_out_http: int  # HTTP connections without WebSocket evidence (see --all)
     non_http: int
     evicted: dict[str, int]
     late_entries: int = 0  # entries that came after their connection was released paired
     time_range: TimeRange = field(default_factory=TimeRange)  # --since / --until
-    outside_range: int = 0  # WebSocket connections not open within ``time_range``
+
+    @property
+    def found(self) -> int:
+        """Connections in ``table``."""
+        return self.table.counts()[2]
+
+    @property
+    def left_out_http(self) -> int:
+        """HTTP connections without WebSocket evidence (see --all)."""
+        total, candidates, _ = self.table.counts()
+        return total - candidates
+
+    @property
+    def outside_range(self) -> int:
+        """WebSocket connections not open within ``time_range``."""
+        _, candidates, kept = self.table.counts()
+        return candidates - kept
 
     @functools.cached_property
     def connections(self) -> pl.DataFrame:
@@ -226,20 +252,16 @@ class Analysis:
     ) -> AnalysisResult:
         within = time_range or TimeRange()
         table = ConnectionTable(self.runs, self._evidence.paths, include_all, within)
-        total, candidates, kept = table.counts()
         examples = pl.concat([pl.DataFrame(schema=REJECT_SCHEMA), *self._examples])
         return AnalysisResult(
             table=table,
-            found=kept,
             lines={result: self._lines[result] for result in LineResult},
             rejects_by_reason=dict(self._reasons.most_common()),
             reject_examples=examples,
-            left_out_http=total - candidates,
             non_http=self._non_http,
             evicted=dict(self._evicted),
             late_entries=self._late,
             time_range=within,
-            outside_range=candidates - kept,
         )
 
 

@@ -27,7 +27,8 @@ __all__ = ["ConnectionRuns"]
 
 KEY, SEQ = "_key", "_seq"
 MEMORY_ROWS = 200_000  # connections held before a run is written (about 150 MiB)
-BLOCK_ROWS = 5_000  # rows of a run read at a time by the merge (it holds a block of each)
+BLOCK_ROWS = 5_000  # rows of a run written as one file
+MERGE_ROWS = 200_000  # rows the merge reads ahead over all runs (at least a block of each)
 _EPOCH_OFFSET_US = 1 << 62  # keeps every start time positive, so digits sort as numbers
 _DIGITS = 20
 
@@ -48,6 +49,7 @@ class ConnectionRuns:
 
     memory_rows: int = MEMORY_ROWS
     block_rows: int = BLOCK_ROWS
+    merge_rows: int = MERGE_ROWS
     _held: list[pl.DataFrame] = field(default_factory=list)
     _held_rows: int = 0
     _next_seq: int = 0
@@ -86,9 +88,10 @@ class ConnectionRuns:
             if held.height:
                 yield held.drop(KEY, SEQ)
             return
-        cursors = [_Cursor(iter(run)) for run in self._runs]
+        ahead = self.merge_rows // (len(self._runs) + 1)
+        cursors = [_Cursor(iter(run), ahead) for run in self._runs]
         if held.height:
-            cursors.append(_Cursor(iter([held])))
+            cursors.append(_Cursor(iter([held]), ahead))
         yield from _merge(cursors)
 
     def _sorted_held(self) -> pl.DataFrame:
@@ -114,19 +117,24 @@ class ConnectionRuns:
 
 @dataclass
 class _Cursor:
-    """One run being merged: the rest of its current block, then its next blocks."""
+    """One run being merged: the rest of what it read, then its next blocks."""
 
     blocks: Iterator[Path | pl.DataFrame]
+    ahead: int  # rows read at a time (whole blocks, at least one)
     block: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     def refill(self) -> bool:
-        """Load the next block if the current one is used up; False once the run is."""
-        while self.block.height == 0:
-            nxt = next(self.blocks, None)
-            if nxt is None:
-                return False
-            self.block = nxt if isinstance(nxt, pl.DataFrame) else pl.read_ipc(nxt)
-        return True
+        """Read on once what was read is used up; False once the run is."""
+        if self.block.height:
+            return True
+        parts: list[pl.DataFrame] = []
+        rows = 0
+        while (not parts or rows < self.ahead) and (nxt := next(self.blocks, None)) is not None:
+            parts.append(nxt if isinstance(nxt, pl.DataFrame) else pl.read_ipc(nxt))
+            rows += parts[-1].height
+        if parts:
+            self.block = pl.concat(parts)
+        return self.block.height > 0
 
 
 def _merge(cursors: list[_Cursor]) -> Iterator[pl.DataFrame]:

@@ -41,11 +41,14 @@ def frame(batch: list[tuple[int | None, str | None]], first: int) -> pl.DataFram
     )
 
 
-@given(st.lists(rows, max_size=8), st.integers(1, 40), st.integers(1, 7))
+@given(st.lists(rows, max_size=8), st.integers(1, 40), st.integers(1, 7), st.integers(1, 20))
 def test_runs_come_back_as_a_stable_sort_by_start_then_request_id(
-    batches: list[list[tuple[int | None, str | None]]], memory_rows: int, block_rows: int
+    batches: list[list[tuple[int | None, str | None]]],
+    memory_rows: int,
+    block_rows: int,
+    merge_rows: int,
 ) -> None:
-    runs = ConnectionRuns(memory_rows=memory_rows, block_rows=block_rows)
+    runs = ConnectionRuns(memory_rows=memory_rows, block_rows=block_rows, merge_rows=merge_rows)
     frames, first = [], 0
     for batch in batches:
         frames.append(frame(batch, first))
@@ -102,7 +105,7 @@ def test_a_report_from_spilled_runs_is_the_report_held_in_memory(
         return analyze_sources(sources, options, block_bytes=512, batch_entries=1, runs=runs)
 
     held = analyse(ConnectionRuns())
-    spilled_runs = ConnectionRuns(memory_rows=2, block_rows=3)
+    spilled_runs = ConnectionRuns(memory_rows=2, block_rows=3, merge_rows=4)
     spilled = analyse(spilled_runs)
     assert spilled_runs.spilled >= 2  # so the merge has runs to merge (see the property test)
     assert held.found == spilled.found > 15
