@@ -23,3 +23,7 @@ class FormatError(WslogError):
 
 class MalformedEntryError(WslogError):
     """``--strict`` met a malformed entry."""
+
+
+class SpillError(WslogError):
+    """Connections past the memory budget cannot be written to the temporary directory."""

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import polars as pl
 
+from analyzer.errors import SpillError
+
 __all__ = ["ConnectionRuns"]
 
 KEY, SEQ = "_key", "_seq"
@@ -100,6 +102,17 @@ class ConnectionRuns:
         return pl.concat(self._held).with_columns(order_key()).sort(KEY)
 
     def _spill(self) -> None:
+        try:
+            self._write_run()
+        except OSError as exc:
+            where = self._directory or tempfile.gettempdir()
+            raise SpillError(
+                f"cannot write connections to {where} ({exc.strerror or exc}): a large input's "
+                f"connections are kept there past {self.memory_rows:,}; set TMPDIR to a directory "
+                "with room (about 200 MB per million connections)"
+            ) from exc
+
+    def _write_run(self) -> None:
         frame = self._sorted_held()
         self._held, self._held_rows = [], 0
         if self._directory is None:

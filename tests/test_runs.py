@@ -4,6 +4,7 @@ from spilled runs is the report held in memory, byte for byte."""
 from __future__ import annotations
 
 import io
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rich.console import Console
 from analyzer.cli import AnalysisOptions, analyze_sources, expand_paths
 from analyzer.pipeline import AnalysisResult
 from analyzer.report import render_table, write_binary
+from analyzer.errors import SpillError
 from analyzer.runs import ConnectionRuns
 from analyzer.timerange import TimeRange
 from tests.conftest import TESTDATA
@@ -110,3 +112,12 @@ def test_a_report_from_spilled_runs_is_the_report_held_in_memory(
     assert spilled_runs.spilled >= 2  # so the merge has runs to merge (see the property test)
     assert held.found == spilled.found > 15
     assert _reports(held, tmp_path, "held") == _reports(spilled, tmp_path, "spilled")
+
+
+def test_a_temporary_directory_that_cannot_be_written_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing" / "dir"))
+    runs = ConnectionRuns(memory_rows=2)
+    with pytest.raises(SpillError, match=r"cannot write connections to .*missing/dir.*TMPDIR"):
+        runs.add(frame([(1, "a"), (2, "b")], 0))
