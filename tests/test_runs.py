@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from analyzer.cli import AnalysisOptions, analyze_sources, expand_paths
+from analyzer.errors import SpillError
 from analyzer.pipeline import AnalysisResult
 from analyzer.report import render_table, write_binary
-from analyzer.errors import SpillError
 from analyzer.runs import ConnectionRuns
 from analyzer.timerange import TimeRange
 from tests.conftest import TESTDATA
