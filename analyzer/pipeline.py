@@ -136,16 +136,13 @@ class ConnectionTable:
     def blocks(self) -> Iterator[pl.DataFrame]:
         """CONNECTION_SCHEMA blocks, WebSocket candidates open within the range only. A
         complete pass also counts them (``counts`` then reads nothing again)."""
-        total = candidates = kept = 0
+        counted = (0, 0, 0)
         for block in self.runs.ordered():
-            kind = websocket_evidence(block, self.paths, include_all=self.include_all)
-            keep = self._keep(block, kind)
-            total, candidates = total + block.height, candidates + kind.len() - kind.null_count()
-            kept += int(keep.sum())
-            selected = block.with_columns(kind).filter(keep)
+            selected, counts = self._select(block)
+            counted = _add(counted, counts)
             if selected.height:
                 yield selected.select(list(CONNECTION_SCHEMA))
-        self._counted[:] = [(total, candidates, kept)]
+        self._counted[:] = [counted]
 
     def frame(self) -> pl.DataFrame:
         """Every block in one frame (for the JSON document and callers that hold it all)."""
@@ -154,23 +151,24 @@ class ConnectionTable:
     def counts(self) -> tuple[int, int, int]:
         """Connections (HTTP), WebSocket candidates, and those open within the range."""
         if not self._counted:
-            self._counted.append(self._count())
+            counted = (0, 0, 0)
+            for block in self.runs.scan(_COUNTED):  # the columns they need, in any order
+                counted = _add(counted, self._select(block)[1])
+            self._counted.append(counted)
         return self._counted[0]
 
-    def _count(self) -> tuple[int, int, int]:
-        total = candidates = kept = 0
-        for block in self.runs.scan(_COUNTED):
-            kind = websocket_evidence(block, self.paths, include_all=self.include_all)
-            total += block.height
-            candidates += block.height - kind.null_count()
-            kept += int(self._keep(block, kind).sum())
-        return total, candidates, kept
-
-    def _keep(self, block: pl.DataFrame, kind: pl.Series) -> pl.Series:
+    def _select(self, block: pl.DataFrame) -> tuple[pl.DataFrame, tuple[int, int, int]]:
+        """The candidates in range of ``block``, and ``counts`` of it."""
+        kind = websocket_evidence(block, self.paths, include_all=self.include_all)
         keep = kind.is_not_null()
         if self.time_range.bounded:
             keep = keep & block.select(self.time_range.inside()).to_series()
-        return keep
+        counts = (block.height, kind.len() - kind.null_count(), int(keep.sum()))
+        return block.with_columns(kind).filter(keep), counts
+
+
+def _add(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
 
 
 # What ``ConnectionTable.counts`` reads: the evidence and the time range's columns.
@@ -267,7 +265,7 @@ class Analysis:
 
 # Entries correlated at a time by analyze: the correlator's work per feed is the batch plus a
 # pass over what is pending (a correlation window of every input), so small reads are joined
-# up. 100,000 entries are about 80 MiB decoded.
+# up. 100,000 entries are about 40 MiB decoded.
 BATCH_ENTRIES = 100_000
 
 
