@@ -186,10 +186,6 @@ def ndjson_lines(connections: pl.DataFrame) -> bytes:
     return b"".join(orjson.dumps(row, default=_default) + b"\n" for row in rows)
 
 
-def to_ndjson(result: AnalysisResult) -> bytes:
-    return b"".join(ndjson_lines(block) for block in result.table.blocks())
-
-
 def flat(connections: pl.DataFrame) -> pl.DataFrame:
     """Connections with the client and server entries flattened, for CSV and Parquet."""
     prefixed = [pl.col(side).struct.unnest().name.prefix(f"{side}_") for side in ENTRY_COLUMNS]
