@@ -27,6 +27,7 @@ from analyzer.vocab import LineResult, RejectReason
 _ROW = "_row"
 _JSON = "json:"
 _BAD = "_bad"
+_GROUPS = "_groups"
 _META = [_ROW, "source", "line_no", "log_time"]
 _MIN_KEYS = 3
 _LEAF = 32
@@ -82,10 +83,17 @@ def decode(lines: pl.DataFrame, formats: FormatSet) -> Decoded:
 
 def decode_framed(framed: Framed, formats: FormatSet) -> Decoded:
     """Decode a Deframer's output; its framing rejects count as malformed lines."""
-    decoded = decode(framed.lines, formats)
+    return with_framing_rejects(decode(framed.lines, formats), [framed.rejects])
+
+
+def with_framing_rejects(decoded: Decoded, framing: Sequence[pl.DataFrame]) -> Decoded:
+    """``decoded`` with the framing rejects of the same physical lines: counted as malformed
+    lines and listed before the decoder's own rejects. Lines decoded in several parts and
+    joined (``Decoded.concat``) then give what ``decode_framed`` gives for them at once."""
+    framing_rejects = _concat(framing, REJECT_SCHEMA)
     counts = dict(decoded.counts)
-    counts[LineResult.MALFORMED] = counts.get(LineResult.MALFORMED, 0) + framed.rejects.height
-    rejects = _concat([framed.rejects, decoded.rejects], REJECT_SCHEMA)
+    counts[LineResult.MALFORMED] = counts.get(LineResult.MALFORMED, 0) + framing_rejects.height
+    rejects = _concat([framing_rejects, decoded.rejects], REJECT_SCHEMA)
     return Decoded(decoded.entries, rejects, counts)
 
 
@@ -214,18 +222,30 @@ def _json_rejects(
 def _decode_text(frame: pl.DataFrame, formats: Sequence[Format]) -> _Part:
     if frame.height == 0 or not formats:
         return _Part([], [])
-    probes = pl.any_horizontal([pl.col("text").str.contains(f.probe) for f in formats])
+    probes = pl.any_horizontal([pl.col("text").str.contains(p) for p in _probes(formats)])
     remaining = frame.filter(probes)
     entries = []
     for fmt in formats:
         if remaining.height == 0:
             break
-        groups = remaining["text"].str.extract_groups(fmt.pattern).struct.unnest()
-        hit = groups["m"].is_not_null()
-        matched = remaining.select(_META).filter(hit)
-        entries.append(_normalise(pl.concat([matched, groups.filter(hit)], how="horizontal"), fmt))
-        remaining = remaining.filter(~hit)
+        groups = pl.col("text").str.extract_groups(fmt.pattern).alias(_GROUPS)
+        tried = _streamed(remaining.lazy().with_columns(groups))
+        hit = tried[_GROUPS].struct.field("m").is_not_null()
+        entries.append(_normalise(tried.filter(hit).unnest(_GROUPS), fmt))
+        remaining = tried.filter(~hit).drop(_GROUPS)
     return _split_bad(entries, [_text_rejects(remaining, formats)], frame)
+
+
+def _probes(formats: Sequence[Format]) -> list[str]:
+    """Each distinct probe once: most formats of one family share theirs."""
+    return list(dict.fromkeys(f.probe for f in formats))
+
+
+def _streamed(query: pl.LazyFrame) -> pl.DataFrame:
+    """``query`` on the streaming engine, which runs row-wise work (regexes, parsing) on every
+    core, a morsel each, where an eager ``Series`` method runs on one; the order of the rows
+    is kept."""
+    return query.collect(engine="streaming")
 
 
 def _text_rejects(frame: pl.DataFrame, formats: Sequence[Format]) -> pl.DataFrame:

@@ -13,6 +13,14 @@ source's ``Deframer`` did so on arrival), feeds the batch through the shared
 WebSocket candidates (own evidence, or a service and path that showed evidence before) and
 hands every released connection to the sinks (metrics, the ``wslog tail`` printer).
 
+A source that is ahead decodes for the tick (``_Batch``): the lines it accepts in a row make a
+batch, which the source decodes itself once it holds half the buffer's bound, or when the
+buffer is full (it would only wait). polars releases the interpreter lock while it decodes, so on
+two cores reading and decoding the next lines overlaps correlating the last ones. A tick still
+takes every line accepted before it, decoding what no source did; the result is what one
+``decode_framed`` of all of them gives, so who decoded a batch never changes a count. Live
+(a trickle), no batch fills and the tick decodes as before.
+
 When no line arrived for ``idle_release`` seconds, finished connections are released without
 waiting for the event-time watermark: nothing else is on its way, so their counterparts, if
 any, are already pending.
@@ -22,14 +30,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import polars as pl
 
 from analyzer.classify import select_websockets
-from analyzer.decode import decode_framed
+from analyzer.decode import Decoded, decode, with_framing_rejects
 from analyzer.framing import Deframer, Framed, Framing
 from analyzer.lines import HEAD_BYTES, MAX_LINE_BYTES
 from analyzer.pipeline import PathEvidence, Pipeline, Step
@@ -87,6 +95,17 @@ class BatchSize:
 
 
 @dataclass
+class _Batch:
+    """Chunks accepted one after another, to be decoded together: by a source that is ahead
+    (``claimed``), else by the tick."""
+
+    parts: list[Framed] = field(default_factory=list)
+    size: int = 0
+    claimed: bool = False
+    decoded: Decoded | None = None  # the lines' entries and decode rejects, once decoded
+
+
+@dataclass
 class LiveAnalyzer:
     pipeline: Pipeline
     on_step: StepSink
@@ -101,14 +120,15 @@ class LiveAnalyzer:
     batch: BatchSize = field(init=False)
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _deframers: dict[str, Deframer] = field(default_factory=dict)
-    _buffer: list[Framed] = field(default_factory=list)
+    _buffer: list[_Batch] = field(default_factory=list)
     _buffered_bytes: int = 0
     _draining: bool = False
     _last_input: float = 0.0
     _idle_released: bool = True
+    _behind: bool = False  # the last wait ended on a full batch (see _take)
     # What the running tick works on, for held_lines (under _lock): its parts, and the entries
     # that were pending when it began (kept as they are; held_lines reads them only if asked).
-    _in_tick: list[Framed] = field(default_factory=list)
+    _in_tick: list[_Batch] = field(default_factory=list)
     _pending_at_tick: pl.DataFrame | None = None
 
     def __post_init__(self) -> None:
@@ -118,23 +138,85 @@ class LiveAnalyzer:
 
     def accept(self, chunk: Chunk) -> None:
         """Thread-safe: deframe a source's chunk and keep it for the next tick; waits while the
-        buffer is full (backpressure), unless the loop is stopping."""
+        buffer is full (backpressure), unless the loop is stopping. A source that is ahead
+        decodes a batch (see the module's docstring) rather than wait idle."""
         size = sum(len(line) if isinstance(line, str) else HEAD_BYTES for line in chunk.lines)
+        while True:
+            with self._lock:
+                ahead = self._full_batch_to_decode()
+                if ahead is None:
+                    self._keep(chunk, size)
+                    ahead = self._batch_to_decode(self.max_buffered_bytes // 2)
+                    kept = True
+                else:
+                    kept = False
+            if ahead is not None:
+                self._decode(ahead)
+            if kept:
+                return
+
+    def _full_batch_to_decode(self) -> _Batch | None:
+        """Under the lock: wait while the buffer is full, unless a batch is left to decode."""
+        while self._buffered_bytes >= self.max_buffered_bytes and not self._draining:
+            ahead = self._batch_to_decode(1)
+            if ahead is not None:
+                return ahead
+            self._lock.notify_all()  # wakes wait_for_batch: tick now
+            self._lock.wait(0.5)
+        return None
+
+    def _keep(self, chunk: Chunk, size: int) -> None:
+        deframer = self._deframers.get(chunk.source)
+        if deframer is None:
+            framing = FRAMING_HINTS.get(chunk.framing or "")
+            deframer = Deframer(chunk.source, framing, self.max_line_bytes)
+            self._deframers[chunk.source] = deframer
+        if not self._buffer or self._buffer[-1].claimed:
+            self._buffer.append(_Batch())
+        batch = self._buffer[-1]
+        batch.parts.append(deframer.feed_lines(chunk.lines))
+        batch.size += size
+        self._buffered_bytes += size
+        self._last_input = self.clock()
+        self._idle_released = False
+        if self._buffered_bytes >= self.batch.bytes:
+            self._lock.notify_all()  # a batch is ready: wakes wait_for_batch
+
+    def _batch_to_decode(self, min_bytes: int) -> _Batch | None:
+        """Under the lock: the open batch, claimed for decoding, once it holds ``min_bytes``."""
+        batch = self._buffer[-1] if self._buffer else None
+        if batch is None or batch.claimed or batch.size < min_bytes:
+            return None
+        batch.claimed = True
+        return batch
+
+    def _decode(self, batch: _Batch) -> None:
+        """Decode a claimed batch (outside the lock); should it fail, the tick decodes it."""
+        try:
+            decoded = decode(Framed.concat(batch.parts).lines, self.pipeline.formats)
+        except BaseException:
+            with self._lock:
+                batch.claimed = False
+                self._lock.notify_all()
+            raise
         with self._lock:
-            while self._buffered_bytes >= self.max_buffered_bytes and not self._draining:
-                self._lock.notify_all()  # wakes wait_for_batch: tick now
-                self._lock.wait(0.5)
-            deframer = self._deframers.get(chunk.source)
-            if deframer is None:
-                framing = FRAMING_HINTS.get(chunk.framing or "")
-                deframer = Deframer(chunk.source, framing, self.max_line_bytes)
-                self._deframers[chunk.source] = deframer
-            self._buffer.append(deframer.feed_lines(chunk.lines))
-            self._buffered_bytes += size
-            self._last_input = self.clock()
-            self._idle_released = False
-            if self._buffered_bytes >= self.batch.bytes:
-                self._lock.notify_all()  # a batch is ready: wakes wait_for_batch
+            batch.decoded = decoded
+            self._lock.notify_all()
+
+    def _decoded(self, batches: Sequence[_Batch]) -> Decoded:
+        """What ``decode_framed`` gives for all the batches' lines at once: the batches a
+        source is decoding are waited for, the others are decoded here."""
+        for batch in batches:
+            with self._lock:
+                while batch.claimed and batch.decoded is None:
+                    self._lock.wait(0.1)
+                mine = batch.decoded is None
+                batch.claimed = True
+            if mine:
+                self._decode(batch)
+        framing = [part.rejects for batch in batches for part in batch.parts]
+        done = Decoded.concat([batch.decoded for batch in batches if batch.decoded is not None])
+        return with_framing_rejects(done, framing)
 
     def wait_for_batch(self, timeout_s: float, stop: threading.Event) -> bool:
         """Wait up to ``timeout_s`` for the next tick: less when a batch's worth of lines is
@@ -150,6 +232,7 @@ class LiveAnalyzer:
             full = self._buffered_bytes >= self.batch.bytes
             if not stop.is_set():
                 self.batch.after(full=full)
+            self._behind = full
             return full
 
     def drain(self) -> None:
@@ -167,7 +250,8 @@ class LiveAnalyzer:
         (buffered, in the running tick, or pending in the correlator). A source that
         acknowledges its input (``exporter.jetstream``) acknowledges only the others."""
         with self._lock:
-            held = [_lines_of(p) for p in (*self._in_tick, *self._buffer)]
+            batches = (*self._in_tick, *self._buffer)
+            held = [_lines_of(part) for batch in batches for part in batch.parts]
             if self._pending_at_tick is not None:
                 held.append(self._pending_at_tick)
             held.append(self.pipeline.correlator.pending_lines())
@@ -183,20 +267,18 @@ class LiveAnalyzer:
 
     def _tick(self) -> Step | None:
         with self._lock:
-            self._in_tick = self._buffer
+            batches = self._in_tick = self._take()
             self._pending_at_tick = self.pipeline.correlator.pending_lines()
-            parts, self._buffer = self._buffer, []
-            self._buffered_bytes = 0
             self._lock.notify_all()
             idle = (
-                not parts
+                not batches
                 and not self._idle_released
                 and self.clock() - self._last_input >= self.idle_release_s
             )
             if idle:
                 self._idle_released = True
-        if parts:
-            decoded = decode_framed(Framed.concat(parts), self.pipeline.formats)
+        if batches:
+            decoded = self._decoded(batches)
             self.progress.learn(decoded.entries, self.clock())
             watermark = self.progress.watermark(self.clock())
             return self._emit(self.pipeline.feed_decoded(decoded, watermark))
@@ -204,15 +286,27 @@ class LiveAnalyzer:
             return self._emit(self.pipeline.release_finished())
         return None
 
+    def _take(self) -> list[_Batch]:
+        """Under the lock: what this tick works on. Every batch, but when the input is ahead
+        of the ticks only those a source decoded or is decoding, if any: the source decodes
+        the rest while this tick correlates."""
+        count = len(self._buffer)
+        if self._behind:
+            count = next((i for i, b in enumerate(self._buffer) if not b.claimed), count) or count
+        batches, self._buffer = self._buffer[:count], self._buffer[count:]
+        self._buffered_bytes = sum(batch.size for batch in self._buffer)
+        return batches
+
     def finish(self) -> Step:
         """End of all input: flush deframers and the correlator."""
         with self._lock:
-            parts = self._buffer + [d.flush() for d in self._deframers.values()]
+            flushed = _Batch([d.flush() for d in self._deframers.values()])
+            batches = [*self._buffer, flushed] if flushed.parts else self._buffer
             self._deframers.clear()
             self._buffer, self._buffered_bytes = [], 0
             self._lock.notify_all()
-        if parts:
-            self._emit(self.pipeline.feed(Framed.concat(parts)))
+        if batches:
+            self._emit(self.pipeline.feed_decoded(self._decoded(batches)))
         return self._emit(self.pipeline.flush())
 
     def _emit(self, step: Step) -> Step:

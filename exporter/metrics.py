@@ -238,12 +238,20 @@ class Metrics:
 
     def set_open(self, rows: Iterable[Mapping[str, object]]) -> None:
         """Replace the open-connections gauge with counts per service and upgrade path."""
-        counts: dict[tuple[str, ...], int] = {}
-        for row in rows:
-            key = tuple(_label(row.get(name)) for name in SERVICE_LABELS)
-            counts[key] = counts.get(key, 0) + 1
+        keys = [{name: _label(row.get(name)) for name in SERVICE_LABELS} for row in rows]
+        self.set_open_connections(
+            pl.DataFrame(keys, schema=dict.fromkeys(SERVICE_LABELS, pl.String))
+        )
+
+    def set_open_connections(self, connections: pl.DataFrame) -> None:
+        """``set_open`` of classified connections (CONNECTION_SCHEMA rows): counted by polars,
+        label sets in the order they first appear, as row by row."""
+        keys = connections.select(
+            pl.col(name).cast(pl.String).fill_null(UNKNOWN) for name in SERVICE_LABELS
+        )
+        counts = keys.group_by(SERVICE_LABELS, maintain_order=True).len().rows()
         self.open.clear()
-        for key, count in counts.items():
+        for *key, count in counts:
             labels = self._labels(
                 "wslog_connections_open", dict(zip(SERVICE_LABELS, key, strict=True))
             )

@@ -69,8 +69,7 @@ class Metered:
 
     def after_tick(self) -> None:
         """The open-connections gauge, from what is pending after a tick."""
-        open_rows = self.live.pipeline.open_connections().iter_rows(named=True)
-        self.metrics.set_open(open_rows)
+        self.metrics.set_open_connections(self.live.pipeline.open_connections())
 
 
 def metered_live(settings: PipelineSettings, formats: FormatSet, metrics: Metrics) -> Metered:
