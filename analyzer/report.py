@@ -8,6 +8,7 @@ server entries flattened into ``client_*`` / ``server_*`` columns.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import IO, Any
 
 import orjson
 import polars as pl
+from polars.datatypes import DataTypeClass
 from polars.io.plugins import register_io_source
 from rich.console import Console
 from rich.table import Table
@@ -182,8 +184,30 @@ def to_json(result: AnalysisResult) -> bytes:
 
 
 def ndjson_lines(connections: pl.DataFrame) -> bytes:
-    rows = connections.to_dicts()
-    return b"".join(orjson.dumps(row, default=_default) + b"\n" for row in rows)
+    """One JSON object per connection and line, written by polars: the bytes orjson writes
+    for each row (``tests/test_report_ndjson.py``), several times faster on millions."""
+    as_text = [
+        _json_time(pl.col(name), dtype).alias(name) for name, dtype in connections.schema.items()
+    ]
+    buffer = io.BytesIO()
+    connections.select(as_text).write_ndjson(buffer)
+    return buffer.getvalue()
+
+
+def _json_time(value: pl.Expr, dtype: pl.DataType | DataTypeClass) -> pl.Expr:
+    """Times (also inside structs) as orjson writes them: RFC 3339, microseconds only when
+    there are some, ``+00:00``."""
+    if isinstance(dtype, pl.Datetime):
+        micros = value.dt.microsecond()
+        fraction = pl.when(micros != 0).then(pl.lit(".") + micros.cast(pl.String).str.zfill(6))
+        seconds = value.dt.strftime("%Y-%m-%dT%H:%M:%S")
+        return pl.concat_str(seconds, fraction.otherwise(pl.lit("")), pl.lit("+00:00"))
+    if isinstance(dtype, pl.Struct):
+        fields = [
+            _json_time(value.struct.field(f.name), f.dtype).alias(f.name) for f in dtype.fields
+        ]
+        return pl.when(value.is_not_null()).then(pl.struct(fields))
+    return value
 
 
 def flat(connections: pl.DataFrame) -> pl.DataFrame:
