@@ -36,7 +36,7 @@ from analyzer.timerange import TimeRange
 
 # Chunks decoded ahead of correlation: a correlation step takes ``BATCH_ENTRIES`` (about ten
 # 8 MiB chunks), so the reader can decode the next step's chunks meanwhile (~4 MiB each).
-READ_AHEAD = 12
+READ_AHEAD = 8
 
 __all__ = ["AnalysisOptions", "analyze_paths", "analyze_sources", "command_formats", "expand_paths"]
 

@@ -28,7 +28,7 @@ from analyzer.errors import SpillError
 __all__ = ["ConnectionRuns"]
 
 KEY, SEQ = "_key", "_seq"
-MEMORY_ROWS = 200_000  # connections held before a run is written (about 150 MiB)
+MEMORY_ROWS = 100_000  # connections held before a run is written (about 70 MiB)
 BLOCK_ROWS = 5_000  # rows of a run written as one file
 MERGE_ROWS = 100_000  # rows the merge reads ahead over all runs (at least a block of each)
 _EPOCH_OFFSET_US = 1 << 62  # keeps every start time positive, so digits sort as numbers
