@@ -138,8 +138,9 @@ class ConnectionTable:
         complete pass also counts them (``counts`` then reads nothing again)."""
         counted = (0, 0, 0)
         for block in self.runs.ordered():
-            selected, counts = self._select(block)
-            counted = _add(counted, counts)
+            kind, keep = self._judge(block)
+            counted = _add(counted, _counts(kind, keep))
+            selected = block.with_columns(kind).filter(keep)
             if selected.height:
                 yield selected.select(list(CONNECTION_SCHEMA))
         self._counted[:] = [counted]
@@ -153,18 +154,22 @@ class ConnectionTable:
         if not self._counted:
             counted = (0, 0, 0)
             for block in self.runs.scan(_COUNTED):  # the columns they need, in any order
-                counted = _add(counted, self._select(block)[1])
+                counted = _add(counted, _counts(*self._judge(block)))
             self._counted.append(counted)
         return self._counted[0]
 
-    def _select(self, block: pl.DataFrame) -> tuple[pl.DataFrame, tuple[int, int, int]]:
-        """The candidates in range of ``block``, and ``counts`` of it."""
+    def _judge(self, block: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+        """Each connection's WebSocket evidence (null: not a candidate), and whether it is
+        kept: a candidate open within the range."""
         kind = websocket_evidence(block, self.paths, include_all=self.include_all)
         keep = kind.is_not_null()
         if self.time_range.bounded:
             keep = keep & block.select(self.time_range.inside()).to_series()
-        counts = (block.height, kind.len() - kind.null_count(), int(keep.sum()))
-        return block.with_columns(kind).filter(keep), counts
+        return kind, keep
+
+
+def _counts(kind: pl.Series, keep: pl.Series) -> tuple[int, int, int]:
+    return (kind.len(), kind.len() - kind.null_count(), int(keep.sum()))
 
 
 def _add(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:

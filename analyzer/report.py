@@ -225,7 +225,7 @@ def _csv_blocks(result: AnalysisResult) -> Iterator[bytes]:
         yield flat(block).write_csv(include_header=header).encode()
         header = False
     if header:  # no connection: the header alone, as for an empty table
-        yield flat(pl.DataFrame(schema=CONNECTION_SCHEMA)).write_csv().encode()
+        yield pl.DataFrame(schema=FLAT_SCHEMA).write_csv().encode()
 
 
 STREAMS: dict[str, Callable[[AnalysisResult], Iterable[bytes]]] = {
