@@ -108,12 +108,11 @@ def _decode_json(frame: pl.DataFrame, formats: Sequence[Format]) -> _Part:
     structs, errors = _json_decode(frame["text"], dtype)
     values = structs.struct.unnest()
     values = values.rename({k: _JSON + k for k in values.columns}).with_columns(frame.select(_META))
-    choice = _choose_json_format(values, formats)
-    values = values.with_columns(_fmt=choice[0], _score=choice[1], _err=errors)
+    values = values.with_columns(*_choose_json_format(formats), _err=errors)
     rejects = [_json_rejects(values, frame, formats)]
     entries = []
     for i, fmt in enumerate(formats):
-        rows = values.filter((pl.col("_fmt") == i) & _is_entry(fmt))
+        rows = values.lazy().filter((pl.col("_fmt") == i) & _is_entry(fmt))
         entries.append(_normalise(rows, fmt, _JSON))
     return _split_bad(entries, rejects, frame)
 
@@ -159,18 +158,18 @@ def _json_value(value: object) -> str | None:
     return orjson.dumps(value).decode()
 
 
-def _choose_json_format(
-    values: pl.DataFrame, formats: Sequence[Format]
-) -> tuple[pl.Series, pl.Series]:
-    """Per line, the JSON format with the most keys present (the first on ties)."""
-    best_idx = pl.Series([0] * values.height, dtype=pl.Int32)
-    best = pl.Series([-1] * values.height, dtype=pl.Int32)
-    for i, fmt in enumerate(formats):
-        score = values.select(pl.sum_horizontal(_present(fmt)).cast(pl.Int32)).to_series()
+def _choose_json_format(formats: Sequence[Format]) -> tuple[pl.Expr, pl.Expr]:
+    """Per line, the JSON format with the most keys present (the first on ties), as ``_fmt``
+    (its index) and ``_score`` (how many of its keys are present)."""
+    scores = [pl.sum_horizontal(_present(fmt)).cast(pl.Int32) for fmt in formats]
+    if len(scores) == 1:
+        return pl.lit(0, pl.Int32).alias("_fmt"), scores[0].alias("_score")
+    best_idx, best = pl.lit(0, pl.Int32), pl.lit(-1, pl.Int32)
+    for i, score in enumerate(scores):
         better = score > best
-        best_idx = best_idx.zip_with(~better, pl.Series([i] * values.height, dtype=pl.Int32))
-        best = best.zip_with(~better, score)
-    return best_idx, best
+        best_idx = pl.when(better).then(pl.lit(i, pl.Int32)).otherwise(best_idx)
+        best = pl.when(better).then(score).otherwise(best)
+    return best_idx.alias("_fmt"), best.alias("_score")
 
 
 def _threshold(fmt: Format) -> int:
@@ -195,6 +194,9 @@ def _is_entry(fmt: Format) -> pl.Expr:
 def _json_rejects(
     values: pl.DataFrame, frame: pl.DataFrame, formats: Sequence[Format]
 ) -> pl.DataFrame:
+    missing = _missing_start(formats) & pl.col("_err").is_null()
+    if not values.select(pl.col("_err").is_not_null().any() | missing.any()).item():
+        return empty({**REJECT_SCHEMA, _ROW: pl.UInt32()})
     invalid = values.filter(pl.col("_err").is_not_null())
     reason = pl.when(pl.col("_err").str.starts_with("truncated")).then(
         pl.lit(RejectReason.TRUNCATED.value)
@@ -203,17 +205,22 @@ def _json_rejects(
         reason=reason.otherwise(pl.lit(RejectReason.INVALID_JSON.value)),
         detail=pl.col("_err").str.split_exact(":", 1).struct.field("field_1").str.slice(0, 120),
     )
+    missing_rows = values.filter(missing).with_columns(
+        reason=pl.lit(RejectReason.MISSING_FIELD.value),
+        detail=pl.lit("an access-log JSON object without its start time"),
+    )
+    return _reject_frame(pl.concat([invalid_rows, missing_rows], how="diagonal_relaxed"), frame)
+
+
+def _missing_start(formats: Sequence[Format]) -> pl.Expr:
+    """A line shaped like one of ``formats`` (enough of its keys) but without its start time."""
     missing = pl.lit(False)
     for i, fmt in enumerate(formats):
         key = _time_key(fmt)
         if key is not None:
             shaped = (pl.col("_fmt") == i) & (pl.col("_score") >= _threshold(fmt))
             missing = missing | (shaped & pl.col(key).is_null())
-    missing_rows = values.filter(missing & pl.col("_err").is_null()).with_columns(
-        reason=pl.lit(RejectReason.MISSING_FIELD.value),
-        detail=pl.lit("an access-log JSON object without its start time"),
-    )
-    return _reject_frame(pl.concat([invalid_rows, missing_rows], how="diagonal_relaxed"), frame)
+    return missing
 
 
 # ---- TEXT -------------------------------------------------------------------------------------
@@ -231,7 +238,7 @@ def _decode_text(frame: pl.DataFrame, formats: Sequence[Format]) -> _Part:
         groups = pl.col("text").str.extract_groups(fmt.pattern).alias(_GROUPS)
         tried = _streamed(remaining.lazy().with_columns(groups))
         hit = tried[_GROUPS].struct.field("m").is_not_null()
-        entries.append(_normalise(tried.filter(hit).unnest(_GROUPS), fmt))
+        entries.append(_normalise(tried.lazy().filter(hit).unnest(_GROUPS), fmt))
         remaining = tried.filter(~hit).drop(_GROUPS)
     return _split_bad(entries, [_text_rejects(remaining, formats)], frame)
 
@@ -295,25 +302,42 @@ def _prefix_regex(steps: tuple[str, ...]) -> re.Pattern[str]:
 # ---- shared -----------------------------------------------------------------------------------
 
 
-def _normalise(raw: pl.DataFrame, fmt: Format, prefix: str = "") -> pl.DataFrame:
-    """Typed ENTRY columns from a format's raw string values; ``_bad`` names a bad value."""
+def _normalise(raw: pl.LazyFrame, fmt: Format, prefix: str = "") -> pl.DataFrame:
+    """Typed ENTRY columns from a format's raw string values, on the streaming engine; ``_bad``
+    names a bad value (the first column whose value is not of its type), null on the lines
+    without one."""
     exprs: list[pl.Expr] = [pl.col(c) for c in _META]
-    bad: list[pl.Expr] = []
+    flags: list[pl.Expr] = []
+    messages: list[pl.Expr] = []
     for column, fld in fmt.columns().items():
         raw_value = pl.col(prefix + fld.key)
         clean = pl.when(raw_value == "-").then(None).otherwise(raw_value)
         value = _typed(clean, column, fld.value_type, fld.time_format)
         exprs.append(value.alias(column))
         if fld.value_type is not ValueType.STRING:
+            wrong = clean.is_not_null() & value.is_null()
             message = pl.concat_str(
                 pl.lit(f"{column}: not a valid value: "), clean.str.slice(0, 40)
             )
-            bad.append(pl.when(clean.is_not_null() & value.is_null()).then(message))
-    exprs.append((pl.coalesce(bad) if bad else pl.lit(None, pl.String)).alias(_BAD))
-    out = raw.select(exprs).with_columns(format=pl.lit(fmt.name))
-    if "upstream_cluster" in out.columns:
-        out = out.with_columns(pl.col("upstream_cluster").str.strip_suffix(";"))
-    return out
+            flags.append(wrong)
+            messages.append(pl.when(wrong).then(message))
+    flag = pl.any_horizontal(flags) if flags else pl.lit(False)
+    typed = raw.select(*exprs, flag.alias(_BAD)).with_columns(format=pl.lit(fmt.name))
+    if "upstream_cluster" in fmt.columns():
+        typed = typed.with_columns(pl.col("upstream_cluster").str.strip_suffix(";"))
+    out = _streamed(typed)
+    return out.with_columns(_bad_messages(raw, out.get_column(_BAD), messages))
+
+
+def _bad_messages(raw: pl.LazyFrame, flagged: pl.Series, messages: list[pl.Expr]) -> pl.Series:
+    """``_bad``: each flagged line's message, null elsewhere; the messages are built for the
+    flagged lines only (usually none)."""
+    where = flagged.arg_true()
+    column = pl.Series(_BAD, [None] * flagged.len(), dtype=pl.String)
+    if where.len() == 0:
+        return column
+    found = raw.collect()[where].select(pl.coalesce(messages)).to_series()
+    return column.scatter(where, found)
 
 
 def _typed(clean: pl.Expr, column: str, kind: ValueType, time_format: str | None) -> pl.Expr:
@@ -342,6 +366,9 @@ def _split_bad(
     """Entries with a bad value become BAD_FIELD rejects."""
     good, bad = [], list(rejects)
     for part in entries:
+        if part.get_column(_BAD).null_count() == part.height:
+            good.append(part.drop(_BAD))  # nothing bad: the common case, no filtering
+            continue
         good.append(part.filter(pl.col(_BAD).is_null()).drop(_BAD))
         rows = part.filter(pl.col(_BAD).is_not_null())
         rows = rows.select(_ROW, reason=pl.lit(RejectReason.BAD_FIELD.value), detail=pl.col(_BAD))
