@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -101,3 +102,36 @@ def test_tail_refuses_the_nats_source_instead_of_taking_partitions_over() -> Non
     assert result.returncode == 2, result.stderr
     assert "--source nats is a correlator replica's input" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _allocator_options(env_conf: str | None) -> dict[str, str]:
+    """jemalloc's options as polars' allocator reports them at exit (``stats_print``), in a
+    fresh interpreter that imports ``wslog`` first, as both entry points do."""
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    if env_conf is not None:
+        env["_RJEM_MALLOC_CONF"] = env_conf
+    probe = (
+        "import os, wslog\n"
+        "os.environ['_RJEM_MALLOC_CONF'] += ',stats_print:true'\n"
+        "import polars as pl\n"
+        "pl.DataFrame({'a': [1]})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "<jemalloc>" not in done.stderr  # an option jemalloc does not know
+    found = re.findall(
+        r"^\s*opt\.(narenas|dirty_decay_ms|muzzy_decay_ms): (-?\d+)", done.stderr, re.M
+    )
+    return dict(found)
+
+
+def test_wslog_tunes_the_allocator_before_polars_loads_and_a_users_setting_wins() -> None:
+    """Freed pages kept 30 s, two arenas (wslog/__init__.py): the options reach jemalloc, which
+    reads them once, when polars loads; a user's own ``_RJEM_MALLOC_CONF`` is left alone."""
+    ours = _allocator_options(None)
+    assert ours == {"narenas": "2", "dirty_decay_ms": "30000", "muzzy_decay_ms": "30000"}
+    theirs = _allocator_options("narenas:3")
+    assert theirs["narenas"] == "3"
+    assert theirs["dirty_decay_ms"] != "30000"
