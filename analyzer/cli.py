@@ -55,6 +55,9 @@ class AnalysisOptions:
     clock_skew: float = 1.0  # --clock-skew
     max_line_bytes: int = MAX_LINE_BYTES  # --max-line-bytes
     time_range: TimeRange | None = None  # --since, --until
+    # The connections themselves, for a report that lists them (--format other than table,
+    # --connections); the table needs only the digest, so a run for it writes none to disk.
+    keep_connections: bool = True
 
     def problems(self) -> list[str]:
         """Every option that is wrong, each with what a good value looks like."""
@@ -108,6 +111,7 @@ def analyze_sources(
         pipeline=pipeline,
         batch_entries=batch_entries,
         runs=runs,
+        keep_connections=options.keep_connections,
         include_all=options.include_all,
         time_range=options.time_range,
     )

@@ -20,6 +20,7 @@ from analyzer.annotate import end_time
 from analyzer.classify import classify, websocket_evidence, websocket_paths
 from analyzer.correlate import CorrelationSettings, Correlator, Released
 from analyzer.decode import Decoded, decode_framed
+from analyzer.digest import Digest, Resolved
 from analyzer.formats import FormatSet, default_formats
 from analyzer.framing import Framed
 from analyzer.runs import ConnectionRuns
@@ -125,60 +126,30 @@ class ConnectionTable:
     """The WebSocket connections of a whole run, in report order (start time, then request
     id), read a block at a time: a run of 10M lines holds millions of connections, more
     than memory should (``analyzer.runs``). What is a WebSocket is decided here, once every
-    connection's path evidence is known."""
+    connection's path evidence is known. A run that did not keep its connections (the
+    table's report needs only the digest) has none to read."""
 
-    runs: ConnectionRuns
+    runs: ConnectionRuns | None
     paths: pl.DataFrame  # PathEvidence.paths of the whole run
     include_all: bool = False
     time_range: TimeRange = field(default_factory=TimeRange)
-    _counted: list[tuple[int, int, int]] = field(default_factory=list, compare=False)
 
     def blocks(self) -> Iterator[pl.DataFrame]:
-        """CONNECTION_SCHEMA blocks, WebSocket candidates open within the range only. A
-        complete pass also counts them (``counts`` then reads nothing again)."""
-        counted = (0, 0, 0)
+        """CONNECTION_SCHEMA blocks, WebSocket candidates open within the range only."""
+        if self.runs is None:
+            raise ValueError("this run kept no connections (keep_connections=False)")
         for block in self.runs.ordered():
-            kind, keep = self._judge(block)
-            counted = _add(counted, _counts(kind, keep))
+            kind = websocket_evidence(block, self.paths, include_all=self.include_all)
+            keep = kind.is_not_null()
+            if self.time_range.bounded:
+                keep = keep & block.select(self.time_range.inside()).to_series()
             selected = block.with_columns(kind).filter(keep)
             if selected.height:
                 yield selected.select(list(CONNECTION_SCHEMA))
-        self._counted[:] = [counted]
 
     def frame(self) -> pl.DataFrame:
         """Every block in one frame (for the JSON document and callers that hold it all)."""
         return pl.concat([pl.DataFrame(schema=CONNECTION_SCHEMA), *self.blocks()])
-
-    def counts(self) -> tuple[int, int, int]:
-        """Connections (HTTP), WebSocket candidates, and those open within the range."""
-        if not self._counted:
-            counted = (0, 0, 0)
-            for block in self.runs.scan(_COUNTED):  # the columns they need, in any order
-                counted = _add(counted, _counts(*self._judge(block)))
-            self._counted.append(counted)
-        return self._counted[0]
-
-    def _judge(self, block: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
-        """Each connection's WebSocket evidence (null: not a candidate), and whether it is
-        kept: a candidate open within the range."""
-        kind = websocket_evidence(block, self.paths, include_all=self.include_all)
-        keep = kind.is_not_null()
-        if self.time_range.bounded:
-            keep = keep & block.select(self.time_range.inside()).to_series()
-        return kind, keep
-
-
-def _counts(kind: pl.Series, keep: pl.Series) -> tuple[int, int, int]:
-    return (kind.len(), kind.len() - kind.null_count(), int(keep.sum()))
-
-
-def _add(a: tuple[int, int, int], b: tuple[int, int, int]) -> tuple[int, int, int]:
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
-
-
-# What ``ConnectionTable.counts`` reads: the evidence and the time range's columns.
-_COUNTED = ["evidence", "destination_service", "path", "start_time", "duration_ms"]
-_COUNTED += ["client", "server", "unsided"]
 
 
 @dataclass(frozen=True)
@@ -186,6 +157,7 @@ class AnalysisResult:
     """A whole run of ``wslog analyze``: the WebSocket connections and the line accounting."""
 
     table: ConnectionTable  # the WebSocket candidates in range, read a block at a time
+    digest: Resolved  # what the reports say about them (analyzer.digest)
     lines: dict[LineResult, int]
     rejects_by_reason: dict[str, int]
     reject_examples: pl.DataFrame  # REJECT_SCHEMA, at most ``max_examples`` rows
@@ -197,19 +169,17 @@ class AnalysisResult:
     @property
     def found(self) -> int:
         """Connections in ``table``."""
-        return self.table.counts()[2]
+        return self.digest.kept
 
     @property
     def left_out_http(self) -> int:
         """HTTP connections without WebSocket evidence (see --all)."""
-        total, candidates, _ = self.table.counts()
-        return total - candidates
+        return self.digest.total - self.digest.candidates
 
     @property
     def outside_range(self) -> int:
         """WebSocket connections not open within ``time_range``."""
-        _, candidates, kept = self.table.counts()
-        return candidates - kept
+        return self.digest.candidates - self.digest.kept
 
     @functools.cached_property
     def connections(self) -> pl.DataFrame:
@@ -227,7 +197,10 @@ class Analysis:
     """Accumulates the steps of one run; decides what is a WebSocket once, at the end."""
 
     max_examples: int = 10
-    runs: ConnectionRuns = field(default_factory=ConnectionRuns)  # where connections are kept
+    # Where connections are kept: None keeps none (the digest is all a table needs).
+    runs: ConnectionRuns | None = field(default_factory=ConnectionRuns)
+    time_range: TimeRange = field(default_factory=TimeRange)  # --since / --until
+    digest: Digest = field(init=False)
     _evidence: PathEvidence = field(default_factory=lambda: PathEvidence(limit=1_000_000))
     _lines: Counter[LineResult] = field(default_factory=Counter)
     _reasons: Counter[str] = field(default_factory=Counter)
@@ -237,8 +210,13 @@ class Analysis:
     _evicted: Counter[str] = field(default_factory=Counter)
     _late: int = 0
 
+    def __post_init__(self) -> None:
+        self.digest = Digest(self.time_range)
+
     def add(self, step: Step) -> None:
-        self.runs.add(step.connections)
+        if self.runs is not None:
+            self.runs.add(step.connections)
+        self.digest.add(step.connections)
         self._evidence.learn(step.connections)
         self._lines.update(step.lines)
         self._reasons.update(step.rejects.get_column("reason").to_list())
@@ -250,21 +228,20 @@ class Analysis:
         self._evicted.update(early_by_side(step.early))
         self._late += step.late
 
-    def result(
-        self, *, include_all: bool = False, time_range: TimeRange | None = None
-    ) -> AnalysisResult:
-        within = time_range or TimeRange()
-        table = ConnectionTable(self.runs, self._evidence.paths, include_all, within)
+    def result(self, *, include_all: bool = False) -> AnalysisResult:
+        paths = self._evidence.paths
+        table = ConnectionTable(self.runs, paths, include_all, self.time_range)
         examples = pl.concat([pl.DataFrame(schema=REJECT_SCHEMA), *self._examples])
         return AnalysisResult(
             table=table,
+            digest=self.digest.resolve(paths, include_all=include_all),
             lines={result: self._lines[result] for result in LineResult},
             rejects_by_reason=dict(self._reasons.most_common()),
             reject_examples=examples,
             non_http=self._non_http,
             evicted=dict(self._evicted),
             late_entries=self._late,
-            time_range=within,
+            time_range=self.time_range,
         )
 
 
@@ -301,6 +278,7 @@ def analyze_chunks(
     time_range: TimeRange | None = None,
     batch_entries: int = BATCH_ENTRIES,
     runs: ConnectionRuns | None = None,
+    keep_connections: bool = True,
 ) -> AnalysisResult:
     """A whole run of ``wslog analyze``: every decoded chunk through ``pipeline``, each with
     the inputs' watermark once it was read, then the end of input. Chunks are fed
@@ -308,11 +286,13 @@ def analyze_chunks(
     held to the end (``CorrelationSettings.hold_unpaired``), so a counterpart later in the
     same stream still joins them. WebSocket connections not open within ``time_range`` are
     counted and left out. The connections are kept in ``runs`` (by default, a fresh
-    ``ConnectionRuns``: on disk past its memory budget)."""
+    ``ConnectionRuns``: on disk past its memory budget), unless ``keep_connections`` is false:
+    then the result has its digest (all the table report needs) and no connections."""
     if not pipeline.settings.hold_unpaired:
         pipeline = replace(pipeline, settings=replace(pipeline.settings, hold_unpaired=True))
-    analysis = Analysis(runs=runs or ConnectionRuns())
+    kept = (runs or ConnectionRuns()) if keep_connections else None
+    analysis = Analysis(runs=kept, time_range=time_range or TimeRange())
     for batch, watermark in batches(chunks, batch_entries):
         analysis.add(pipeline.feed_decoded(batch, watermark))
     analysis.add(pipeline.flush())
-    return analysis.result(include_all=include_all, time_range=time_range)
+    return analysis.result(include_all=include_all)

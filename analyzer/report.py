@@ -9,9 +9,7 @@ server entries flattened into ``client_*`` / ``server_*`` columns.
 from __future__ import annotations
 
 import io
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -23,9 +21,10 @@ from polars.io.plugins import register_io_source
 from rich.console import Console
 from rich.table import Table
 
+from analyzer.digest import Digest
 from analyzer.pipeline import AnalysisResult
 from analyzer.schema import CONNECTION_SCHEMA
-from analyzer.vocab import Cause, LineResult, Outcome, Pairing, explain
+from analyzer.vocab import LineResult, Outcome, Pairing
 
 ENTRY_COLUMNS = ("client", "server", "unsided")
 LATE_HINT = (
@@ -34,16 +33,6 @@ LATE_HINT = (
     "concatenated out of order), so they count as connections of their own. Give each "
     "pod's log as its own file, concatenate whole pod logs, or sort the stream by time."
 )
-SUMMARY_KEYS = ["destination_service", "upgrade_path", "outcome", "cause"]
-# The summary's count of each pairing (JSON keys of the document's "summary" rows).
-PAIRING_COLUMNS = {
-    Pairing.PAIRED: "paired",
-    Pairing.CLIENT_ONLY: "client_only",
-    Pairing.SERVER_ONLY: "server_only",
-    Pairing.UNPAIRED: "unpaired",
-}
-NOT_UPGRADED = [Outcome.FAILED.value, Outcome.REJECTED.value]
-EXAMPLE_IDS = 3
 UPGRADE_HINT = (
     'Add "upgrade": "%REQ(UPGRADE)%" to the mesh\'s access-log format (Telemetry or '
     "meshConfig.accessLogFormat; see deploy/access-log) so every WebSocket is recognised, then "
@@ -51,98 +40,20 @@ UPGRADE_HINT = (
 )
 
 
-_FAILURE_KEYS = ["destination_service", "outcome", "cause", "reported_by", "transport_failure"]
-_EXAMPLES = pl.col("request_id").drop_nulls().head(EXAMPLE_IDS).alias("example_request_ids")
-
-
-@dataclass
-class Digest:
-    """What the reports say about connections (the summary, the failures, the pairing
-    counts), gathered a block at a time in report order: a count per group and each group's
-    first request ids, so the blocks of a run of any size are read once and not held."""
-
-    _summary: list[pl.DataFrame] = field(default_factory=list)
-    _failures: list[pl.DataFrame] = field(default_factory=list)
-    _pairing: Counter[str] = field(default_factory=Counter)
-
-    @classmethod
-    def of(cls, blocks: Iterable[pl.DataFrame]) -> Digest:
-        digest = cls()
-        for block in blocks:
-            digest.add(block)
-        return digest
-
-    def add(self, block: pl.DataFrame) -> None:
-        pairing = pl.col("pairing")
-        pairs = [(pairing == p.value).sum().alias(PAIRING_COLUMNS[p]) for p in Pairing]
-        by_group = block.group_by(SUMMARY_KEYS, maintain_order=True)
-        self._summary.append(by_group.agg(pl.len().alias("connections"), *pairs, _EXAMPLES))
-        failed = block.filter(pl.col("outcome").is_in(NOT_UPGRADED))
-        by_failure = failed.group_by(_FAILURE_KEYS, maintain_order=True)
-        self._failures.append(by_failure.agg(pl.len().alias("connections"), _EXAMPLES))
-        self._pairing.update(dict(block.group_by("pairing").len().iter_rows()))
-
-    def summary(self) -> pl.DataFrame:
-        """Connections counted by destination service, upgrade path, outcome and cause."""
-        counts = ["connections", *PAIRING_COLUMNS.values()]
-        return _combine(self._summary, SUMMARY_KEYS, counts).sort(
-            ["destination_service", "upgrade_path", "outcome", "cause"], nulls_last=True
-        )
-
-    def failures(self) -> list[dict[str, Any]]:
-        """One record per failure cause and service, with its explanation and remedy."""
-        grouped = _combine(self._failures, _FAILURE_KEYS, ["connections"]).sort(
-            "connections",
-            "destination_service",
-            descending=[True, False],
-            nulls_last=True,
-            maintain_order=True,
-        )
-        records = grouped.to_dicts()
-        for record in records:
-            explanation = explain(
-                Cause(record["cause"]), record["reported_by"], record["transport_failure"]
-            )
-            record["explanation"] = explanation.summary if explanation else ""
-            record["remedy"] = explanation.remedy if explanation else ""
-        return records
-
-    def pairing(self) -> dict[str, int]:
-        """Connections by pairing (``analyzer.vocab.Pairing``)."""
-        return dict(self._pairing)
-
-
-def _combine(parts: list[pl.DataFrame], keys: list[str], counts: list[str]) -> pl.DataFrame:
-    """Partial aggregates of blocks (in report order) as one: counts summed, the first
-    example ids kept."""
-    columns = [*keys, *counts, "example_request_ids"]
-    if not parts:
-        schema = {k: pl.String() for k in keys} | {c: pl.UInt32() for c in counts}
-        return pl.DataFrame(schema=schema | {"example_request_ids": pl.List(pl.String())})
-    return (
-        pl.concat([part.select(columns) for part in parts])
-        .group_by(keys, maintain_order=True)
-        .agg(
-            *[pl.col(c).sum() for c in counts],
-            pl.col("example_request_ids").explode().drop_nulls().head(EXAMPLE_IDS),
-        )
-    )
-
-
 def summary(connections: pl.DataFrame) -> pl.DataFrame:
-    """``Digest.summary`` of one frame of connections."""
+    """``Resolved.summary`` of one frame of connections (in report order)."""
     return Digest.of([connections]).summary()
 
 
 def failures(connections: pl.DataFrame) -> list[dict[str, Any]]:
-    """``Digest.failures`` of one frame of connections."""
+    """``Resolved.failures`` of one frame of connections (in report order)."""
     return Digest.of([connections]).failures()
 
 
 def document(result: AnalysisResult) -> dict[str, Any]:
     """The JSON document: it holds every connection (``--format json`` says so in --help)."""
     lines = {str(k): v for k, v in result.lines.items()}
-    digest = Digest.of([result.connections])
+    digest = result.digest
     return {
         "lines": {
             "total": result.total_lines,
@@ -278,8 +189,9 @@ def report_console(file: IO[str] | None = None, *, stderr: bool = False) -> Cons
 
 def render_table(result: AnalysisResult, console: Console, *, connections: bool = False) -> None:
     """The human report: summary, failures with remedies, unpaired counts, line accounting.
-    It reads the connections once, a block at a time (twice with ``connections``)."""
-    digest = Digest.of(result.table.blocks())
+    It reads no connection (``result.digest`` has what it says), but with ``connections``,
+    which lists them, a block at a time."""
+    digest = result.digest
     if result.found == 0:
         console.print("[yellow]No WebSocket connections found.[/yellow]")
     else:

@@ -18,7 +18,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import polars as pl
 import typer
 
 from analyzer.cli import AnalysisOptions, analyze_paths, analyze_sources, command_formats
@@ -200,6 +199,7 @@ def analyze(
             clock_skew=clock_skew,
             max_line_bytes=max_line_bytes,
             time_range=_time_range(since, until),
+            keep_connections=output_format is not OutputFormat.TABLE or connections,
         )
         if problems := options.problems():
             raise WslogError("; ".join(problems))
@@ -321,31 +321,12 @@ def _say_nothing_read(result: AnalysisResult, where: str, *, gate: bool) -> None
 
 def _should_fail(result: AnalysisResult, checks: set[str]) -> bool:
     """Whether ``--fail-on`` trips; if so, one line on stderr says which connections did."""
-    if not checks:
-        return False
-    parts = []
-    for block in result.table.blocks():
-        hits = block.filter(
-            block["outcome"].is_in(list(checks)) | block["cause"].is_in(list(checks))
-        )
-        parts.append(
-            hits.group_by("outcome", "cause", "destination_service").agg(
-                pl.len(), pl.col("request_id").drop_nulls().min()
-            )
-        )
-    if not parts:
-        return False
-    groups = (
-        pl.concat(parts)
-        .group_by("outcome", "cause", "destination_service")
-        .agg(pl.col("len").sum(), pl.col("request_id").min())
-        .filter(pl.col("len") > 0)
-    )
-    if groups.height == 0:
+    groups = result.digest.tripped(checks) if checks else []
+    if not groups:
         return False
     parts_text = [
         f"{n} {outcome}{'/' + cause if cause else ''} on {service or 'unknown'} (e.g. {rid or '-'})"
-        for outcome, cause, service, n, rid in groups.sort("len", descending=True).iter_rows()
+        for outcome, cause, service, n, rid in groups
     ]
     typer.echo(f"wslog analyze: --fail-on tripped by {'; '.join(parts_text)}", err=True)
     return True

@@ -1,0 +1,226 @@
+"""What the reports say about a run's connections, gathered as they are released.
+
+The table (summary, failures, pairing counts), ``--fail-on`` and the counts of connections left
+out need only aggregates and a few example request ids, never the connections themselves. So
+each released batch is folded into *partial aggregates* as it comes (``Digest.add``), grouped
+finely enough that the run's end can still decide what the batch could not:
+
+- what is a WebSocket (``classify.websocket_evidence``): a connection with evidence of its own
+  is; one without is only when its destination service and path showed evidence anywhere in
+  the run, known at the end. So the partials of connections without evidence keep their path.
+- report order (start time, request id, then release order: ``runs.order_key``): examples are
+  the first request ids of each group in that order, so each partial keeps the order keys of its
+  first ``EXAMPLE_IDS`` (the first of a union are among the first of its parts), and a
+  group's first key, which orders failures that tie.
+
+``Digest.resolve`` then gives what ``report`` renders, the same whatever the batches were
+(``tests/test_digest.py``): a run that reports only the table keeps no connection at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from analyzer.classify import websocket_evidence
+from analyzer.runs import KEY, SEQ, order_key
+from analyzer.timerange import TimeRange
+from analyzer.vocab import Cause, Outcome, Pairing, explain
+
+SUMMARY_KEYS = ["destination_service", "upgrade_path", "outcome", "cause"]
+FAILURE_KEYS = ["destination_service", "outcome", "cause", "reported_by", "transport_failure"]
+# The summary's count of each pairing (JSON keys of the document's "summary" rows).
+PAIRING_COLUMNS = {
+    Pairing.PAIRED: "paired",
+    Pairing.CLIENT_ONLY: "client_only",
+    Pairing.SERVER_ONLY: "server_only",
+    Pairing.UNPAIRED: "unpaired",
+}
+NOT_UPGRADED = [Outcome.FAILED.value, Outcome.REJECTED.value]
+EXAMPLE_IDS = 3
+
+# What a partial is grouped by: every key a report groups by, and what the end decides on.
+# ``evidence`` is the connection's own, ``path`` is kept only when it has none (else null).
+_INSIDE = "_inside"
+_KEYS = list(dict.fromkeys([*SUMMARY_KEYS, *FAILURE_KEYS, "pairing", "evidence", "path"]))
+_KEYS.append(_INSIDE)
+_FIRST, _EXAMPLE_KEYS, _EXAMPLES, _MIN_ID = "_first", "_example_keys", "_examples", "_min_id"
+_PARTIAL_SCHEMA = pl.Schema(
+    {
+        **{k: pl.String() for k in _KEYS},
+        _INSIDE: pl.Boolean(),
+        "connections": pl.UInt32(),
+        _FIRST: pl.String(),
+        _EXAMPLE_KEYS: pl.List(pl.String()),
+        _EXAMPLES: pl.List(pl.String()),
+        _MIN_ID: pl.String(),
+    }
+)
+
+
+# --fail-on's groups: outcome, cause, destination service, connections, smallest request id.
+Tripped = tuple[str, str | None, str | None, int, str | None]
+
+
+@dataclass
+class Digest:
+    """Partial aggregates of the connections added so far, in the order they were released
+    (which, after start time and request id, orders the report)."""
+
+    time_range: TimeRange = field(default_factory=TimeRange)
+    _parts: list[pl.DataFrame] = field(default_factory=list)
+    _next_seq: int = 0
+
+    @classmethod
+    def of(cls, connections: Iterable[pl.DataFrame]) -> Resolved:
+        """The digest of connections already selected (WebSocket candidates in range)."""
+        digest = cls()
+        for frame in connections:
+            digest.add(frame)
+        return digest.resolve(pl.DataFrame(), include_all=True)
+
+    def add(self, connections: pl.DataFrame) -> None:
+        """Fold released connections (CONNECTION_SCHEMA) in."""
+        if connections.height == 0:
+            return
+        first = self._next_seq
+        self._next_seq += connections.height
+        seq = pl.int_range(first, self._next_seq, eager=True, dtype=pl.Int64).alias(SEQ)
+        keyed = connections.with_columns(seq).with_columns(
+            order_key(),
+            pl.when(pl.col("evidence").is_null()).then(pl.col("path")).alias("path"),
+            self.time_range.inside().alias(_INSIDE),
+        )
+        rid = pl.col("request_id")
+        with_id = keyed.filter(rid.is_not_null()).sort(KEY)
+        examples = with_id.group_by(_KEYS).agg(
+            pl.col(KEY).head(EXAMPLE_IDS).alias(_EXAMPLE_KEYS),
+            rid.head(EXAMPLE_IDS).alias(_EXAMPLES),
+            rid.min().alias(_MIN_ID),
+        )
+        counts = keyed.group_by(_KEYS).agg(pl.len().alias("connections"), pl.col(KEY).min())
+        part = counts.rename({KEY: _FIRST}).join(examples, on=_KEYS, how="left", nulls_equal=True)
+        self._parts.append(part.select(list(_PARTIAL_SCHEMA)).cast(_PARTIAL_SCHEMA))
+        if len(self._parts) > 64:  # keep the partials few: fold them into one
+            self._parts = [_fold(self._parts)]
+
+    def resolve(self, ws_paths: pl.DataFrame, *, include_all: bool = False) -> Resolved:
+        """What the reports say, once the run's path evidence (``PathEvidence.paths``) is
+        known: connections with evidence of their own, or on a path that showed some (every
+        HTTP connection with ``include_all``) are WebSocket candidates."""
+        parts = _fold(self._parts)
+        kind = websocket_evidence(parts, ws_paths, include_all=include_all)
+        judged = parts.with_columns(_candidate=kind.is_not_null())
+        connections = pl.col("connections")
+        total, candidates, kept = judged.select(
+            connections.sum().alias("total"),
+            connections.filter("_candidate").sum().alias("candidates"),
+            connections.filter(pl.col("_candidate") & pl.col(_INSIDE)).sum().alias("kept"),
+        ).row(0)
+        rows = judged.filter(pl.col("_candidate") & pl.col(_INSIDE))
+        return Resolved(rows, int(total), int(candidates), int(kept))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The digest of a whole run: counts, and the rows of its WebSocket candidates in range."""
+
+    _rows: pl.DataFrame  # partials of the kept connections
+    total: int  # HTTP connections
+    candidates: int  # WebSocket candidates
+    kept: int  # candidates open within the time range (the report's connections)
+
+    def summary(self) -> pl.DataFrame:
+        """Connections counted by destination service, upgrade path, outcome and cause, with
+        each pairing's count and the first request ids."""
+        pairs = [
+            pl.col("connections").filter(pl.col("pairing") == p.value).sum().alias(column)
+            for p, column in PAIRING_COLUMNS.items()
+        ]
+        return _grouped(self._rows, SUMMARY_KEYS, pairs).sort(SUMMARY_KEYS, nulls_last=True)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """One record per failure cause and service, with its explanation and remedy, the
+        most connections first (then by service, then as they first appeared)."""
+        failed = self._rows.filter(pl.col("outcome").is_in(NOT_UPGRADED))
+        grouped = _grouped(failed, FAILURE_KEYS, [pl.col(_FIRST).min()]).sort(
+            pl.col("connections"),
+            pl.col("destination_service"),
+            pl.col(_FIRST),
+            descending=[True, False, False],
+            nulls_last=True,
+        )
+        records = grouped.drop(_FIRST).to_dicts()
+        for record in records:
+            explanation = explain(
+                Cause(record["cause"]), record["reported_by"], record["transport_failure"]
+            )
+            record["explanation"] = explanation.summary if explanation else ""
+            record["remedy"] = explanation.remedy if explanation else ""
+        return records
+
+    def pairing(self) -> dict[str, int]:
+        """Connections by pairing (``analyzer.vocab.Pairing``)."""
+        counts = self._rows.group_by("pairing").agg(pl.col("connections").sum())
+        return {str(p): int(n) for p, n in counts.sort("pairing").iter_rows() if n}
+
+    def tripped(
+        self, checks: set[str]
+    ) -> list[tuple[str, str | None, str | None, int, str | None]]:
+        """``--fail-on``: connections whose outcome or cause is one of ``checks``, by outcome,
+        cause and service, each with its smallest request id; the most connections first."""
+        hits = self._rows.filter(
+            pl.col("outcome").is_in(list(checks)) | pl.col("cause").is_in(list(checks))
+        )
+        groups = hits.group_by("outcome", "cause", "destination_service").agg(
+            pl.col("connections").sum(), pl.col(_MIN_ID).min()
+        )
+        ordered = groups.sort(
+            "connections",
+            "outcome",
+            "cause",
+            "destination_service",
+            descending=[True, False, False, False],
+            nulls_last=True,
+        )
+        return [(o, c, s, int(n), rid) for o, c, s, n, rid in ordered.iter_rows()]
+
+
+def _grouped(rows: pl.DataFrame, keys: list[str], extra: list[pl.Expr]) -> pl.DataFrame:
+    """Partials combined by ``keys``: connections summed, the first request ids kept."""
+    examples = (
+        rows.select(*keys, _EXAMPLE_KEYS, _EXAMPLES)
+        .explode(_EXAMPLE_KEYS, _EXAMPLES)
+        .drop_nulls(_EXAMPLE_KEYS)
+        .sort(_EXAMPLE_KEYS)
+        .group_by(keys)
+        .agg(pl.col(_EXAMPLES).head(EXAMPLE_IDS).alias("example_request_ids"))
+    )
+    counts = rows.group_by(keys).agg(pl.col("connections").sum(), *extra)
+    joined = counts.join(examples, on=keys, how="left", nulls_equal=True)
+    return joined.with_columns(
+        pl.col("example_request_ids").fill_null(pl.lit([], pl.List(pl.String())))
+    )
+
+
+def _fold(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Partials with the same keys as one: counts summed, first keys and examples kept."""
+    if not parts:
+        return pl.DataFrame(schema=_PARTIAL_SCHEMA)
+    rows = pl.concat(parts)
+    examples = (
+        rows.select(*_KEYS, _EXAMPLE_KEYS, _EXAMPLES)
+        .explode(_EXAMPLE_KEYS, _EXAMPLES)
+        .drop_nulls(_EXAMPLE_KEYS)
+        .sort(_EXAMPLE_KEYS)
+        .group_by(_KEYS)
+        .agg(pl.col(_EXAMPLE_KEYS).head(EXAMPLE_IDS), pl.col(_EXAMPLES).head(EXAMPLE_IDS))
+    )
+    counts = rows.group_by(_KEYS).agg(
+        pl.col("connections").sum(), pl.col(_FIRST).min(), pl.col(_MIN_ID).min()
+    )
+    folded = counts.join(examples, on=_KEYS, how="left", nulls_equal=True)
+    return folded.select(list(_PARTIAL_SCHEMA)).cast(_PARTIAL_SCHEMA)
