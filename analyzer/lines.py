@@ -79,17 +79,19 @@ class LineAssembler:
         if last < 0:
             self._hold(data)
             return out
-        if self._pieces:
+        start = 0  # where the block's own complete lines begin
+        if self._pieces:  # the held piece ends at the block's first newline
             first = data.find(b"\n")
             if self._size + first > self.max_line_bytes:
                 head = (self._joined()[:HEAD_BYTES] + data[: min(first, HEAD_BYTES)])[:HEAD_BYTES]
                 out.append(Overlong(self._size + first, head))
-                data, last = data[first + 1 :], last - first - 1
             else:
-                data, last = self._joined() + data, last + self._size
+                out.append(self._joined() + data[: first + 1])
             self._pieces, self._size = [], 0
-        if last >= 0:
-            out.append(data[: last + 1])
+            start = first + 1
+        if last >= start:  # one slice of the block (the block itself when it is whole lines)
+            whole = start == 0 and last + 1 == len(data)
+            out.append(data if whole else data[start : last + 1])
         self._hold(data[last + 1 :])
         return out
 
