@@ -80,7 +80,8 @@ class Digest:
         digest = cls()
         for frame in connections:
             digest.add(frame)
-        return digest.resolve(pl.DataFrame(), include_all=True)
+        no_paths = pl.DataFrame(schema={"destination_service": pl.String, "path": pl.String})
+        return digest.resolve(no_paths, include_all=True)
 
     def add(self, connections: pl.DataFrame) -> None:
         """Fold released connections (CONNECTION_SCHEMA) in."""
