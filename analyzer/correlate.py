@@ -221,11 +221,16 @@ class Correlator:
         return frame, pl.concat([touched, moved.get_column("to")]).unique()
 
     def _settle(self, entries: pl.DataFrame) -> pl.DataFrame:
-        """Sides that only the complete connection or the source can tell (side.py, steps 2-3)."""
+        """Sides that only the complete connection or the source can tell (side.py, steps 2-3),
+        worked out on the connections that have an entry without one (a few: the others are
+        as they were)."""
         if not entries.get_column("side").null_count():
             return entries
-        proven = side.by_partner(entries, CONN)
-        return side.by_partner(self._sources.fill(proven), CONN)
+        unsided = entries.filter(pl.col("side").is_null()).select(CONN).unique()
+        unsure = entries.join(unsided, on=CONN, how="semi", nulls_equal=True)
+        proven = side.by_partner(unsure, CONN)
+        settled = side.by_partner(self._sources.fill(proven), CONN)
+        return side.with_sides(entries, settled.select("uid", "side"))
 
     def _take(self, ready: pl.Expr, *, final: bool = False) -> Released:
         mask = self._pending.with_columns(_ready=ready.fill_null(False)).get_column("_ready")

@@ -106,6 +106,14 @@ def by_partner(frame: pl.DataFrame, conn: list[str]) -> pl.DataFrame:
     return _with_side(frame, pl.coalesce("side", other))
 
 
+def with_sides(frame: pl.DataFrame, sides: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the sides (``uid``, ``side``) that steps 2-3 gave some of its entries."""
+    found = pl.col("uid").replace_strict(
+        sides.get_column("uid"), sides.get_column("side"), default=pl.col("side")
+    )
+    return _with_side(frame, found)
+
+
 def _with_side(frame: pl.DataFrame, side: pl.Expr) -> pl.DataFrame:
     return frame.with_columns(side=side).with_columns(role=role_of(pl.col("side")))
 
