@@ -39,12 +39,16 @@ exactly what ``wslog analyze`` would read from the same files.
 from __future__ import annotations
 
 import glob
+import heapq
 import io
+import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime
+from typing import Literal, Protocol
 
 from analyzer.lines import LineAssembler, Overlong
 from exporter.filestate import Checkpoint, SavedState, StateStore, fingerprint
@@ -56,6 +60,12 @@ __all__ = ["FileFollower", "FileSource"]
 KIND = "files"
 FINGERPRINT_BYTES = 1024
 Lines = list[str | Overlong]
+
+
+class Clock(Protocol):
+    """What tells how far in time a block of lines went (``LiveAnalyzer.newest_start``)."""
+
+    def newest_start(self, lines: Sequence[str | Overlong]) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -223,6 +233,8 @@ class FileSource:
         self._store = StateStore(settings.state_dir) if settings.state_dir else None
         self._saved: tuple[Checkpoint, ...] = ()
         self._saved_at = float("-inf")
+        self._clock: Clock | None = None
+        self._turn = 0
 
     def run(self, sink: Sink, stop: threading.Event, events: SourceEvents) -> None:
         store = self._store
@@ -246,8 +258,7 @@ class FileSource:
         while not stop.is_set():
             self._discover(events, first=first)
             first = False
-            for follower in list(self._followers.values()):
-                self._poll(follower, sink, stop, events)
+            self._read_all(sink, stop, events)
             if self.settings.once:
                 self._finish_all(sink, stop)
                 return
@@ -307,28 +318,60 @@ class FileSource:
             for other in self._followers.values()
         )
 
-    def _poll(
-        self, follower: FileFollower, sink: Sink, stop: threading.Event, events: SourceEvents
-    ) -> None:
-        if not follower.is_open:
-            return
-        if follower.rotated():
-            self._rotate(follower, sink, stop, events)
-        else:
-            self._drain(follower, sink, stop, events)
+    def attach(self, analyzer: Clock) -> None:
+        """The analyzer that tells how far a block went in time (``exporter.run.Loop``)."""
+        self._clock = analyzer
+
+    def _read_all(self, sink: Sink, stop: threading.Event, events: SourceEvents) -> None:
+        """Every file to the end of what is written, the one furthest behind in time first
+        (by the newest entry of its last block; a file not read yet, or that showed no entry,
+        counts as furthest behind): files written side by side (both sidecars' logs, replayed
+        or caught up after a restart) come out in time order, as ``wslog analyze`` reads
+        them, so a connection's entries from two files meet within the correlation window
+        instead of one file's backlog being released, unpaired, before the other's is read.
+        Without a clock, a block from each in turn. A rotated file is finished first (its old
+        content, then the new file's)."""
+        turn: list[tuple[float, int, FileFollower]] = []
+        for order, follower in enumerate(list(self._followers.values())):
+            if not follower.is_open:
+                continue
+            if follower.rotated():
+                self._rotate(follower, sink, stop, events)
+            else:
+                turn.append((-math.inf, order, follower))
+        heapq.heapify(turn)
+        while turn and not stop.is_set():
+            _, order, follower = heapq.heappop(turn)
+            lines = self._read_one(follower, sink, events)
+            if lines is not None:
+                heapq.heappush(turn, (self._time_of(lines, order), order, follower))
+
+    def _time_of(self, lines: Lines, order: int) -> float:
+        """Where a file is in time after ``lines``: its newest entry's start (seconds), or,
+        without a clock, the turn (so files are read a block each in turn)."""
+        if self._clock is None:
+            self._turn += 1
+            return float(self._turn)
+        newest = self._clock.newest_start(lines)
+        return -math.inf if newest is None else newest.timestamp()
+
+    def _read_one(self, follower: FileFollower, sink: Sink, events: SourceEvents) -> Lines | None:
+        """Hand over the next block's lines; None at the end of what is written."""
+        block = follower.read_block()
+        if block is None:
+            return None
+        if block is RestartReason.TRUNCATED:
+            events.stream_restarted(KIND, follower.path, block)
+            block = follower.restart()
+        self._emit(sink, follower.path, block)
+        return block
 
     def _drain(
         self, follower: FileFollower, sink: Sink, stop: threading.Event, events: SourceEvents
     ) -> None:
         """Hand over what is written, block by block, to its end (or until ``stop``)."""
-        while not stop.is_set():
-            block = follower.read_block()
-            if block is None:
-                return
-            if block is RestartReason.TRUNCATED:
-                events.stream_restarted(KIND, follower.path, block)
-                block = follower.restart()
-            self._emit(sink, follower.path, block)
+        while not stop.is_set() and self._read_one(follower, sink, events) is not None:
+            pass
 
     def _rotate(
         self, follower: FileFollower, sink: Sink, stop: threading.Event, events: SourceEvents

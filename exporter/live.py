@@ -39,7 +39,7 @@ import polars as pl
 from analyzer.classify import select_websockets
 from analyzer.decode import Decoded, decode, with_framing_rejects
 from analyzer.framing import Deframer, Framed, Framing
-from analyzer.lines import HEAD_BYTES, MAX_LINE_BYTES
+from analyzer.lines import HEAD_BYTES, MAX_LINE_BYTES, Overlong
 from analyzer.pipeline import PathEvidence, Pipeline, Step
 from exporter.sources import Chunk
 
@@ -47,6 +47,11 @@ ConnectionSink = Callable[[pl.DataFrame], None]
 StepSink = Callable[[Step, pl.DataFrame], None]
 
 FRAMING_HINTS = {"timestamps": Framing.KUBECTL_TIMESTAMPS, "cri": Framing.CRI}
+PEEK_LINES = 8  # lines decoded to tell how far a source's block went in time (newest_start)
+
+
+# A watermark before every entry: nothing is released by time (see SourceProgress.watermark).
+HOLD = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -54,10 +59,24 @@ class SourceProgress:
     """How far each source has got in event time (the start of its last entry, as
     ``wslog analyze`` tracks its inputs): the watermark is the oldest progress among the sources
     that delivered an entry within ``idle_s``, so a pod whose log lags behind another's is
-    waited for, and a silent one does not hold the others back."""
+    waited for, and a silent one does not hold the others back. A stream that was opened and
+    has delivered nothing yet holds the watermark back (``HOLD``) for ``idle_s``: at start,
+    every file or pod log opened is waited for, so the first one read does not release the
+    others' connections unpaired."""
 
     idle_s: float
-    _last: dict[str, tuple[int, float]] = field(default_factory=dict)  # source: (start us, seen)
+    _last: dict[str, tuple[int | None, float]] = field(default_factory=dict)  # (start us, seen)
+
+    def opened(self, source: str, now: float) -> None:
+        """A stream of ``source`` was opened: it is waited for until it delivers, ``idle_s``
+        at most."""
+        if source not in self._last:
+            self._last[source] = (None, now)
+
+    def closed(self, source: str) -> None:
+        """A stream ended: one that never delivered is not waited for any more."""
+        if source in self._last and self._last[source][0] is None:
+            del self._last[source]
 
     def learn(self, entries: pl.DataFrame, now: float) -> None:
         last = (
@@ -71,10 +90,15 @@ class SourceProgress:
 
     def watermark(self, now: float) -> datetime | None:
         """The oldest progress among active sources; a silent one is forgotten until it
-        delivers again (so the map holds no more than the sources that are delivering)."""
+        delivers again (so the map holds no more than the sources that are delivering).
+        ``HOLD`` while an opened stream has not delivered yet; None when no source is
+        active."""
         self._last = {s: v for s, v in self._last.items() if now - v[1] < self.idle_s}
         active = [us for us, _ in self._last.values()]
-        return datetime.fromtimestamp(min(active) / 1e6, tz=UTC) if active else None
+        if any(us is None for us in active):
+            return HOLD
+        known = [us for us in active if us is not None]
+        return datetime.fromtimestamp(min(known) / 1e6, tz=UTC) if known else None
 
 
 @dataclass
@@ -245,6 +269,27 @@ class LiveAnalyzer:
     def buffered_bytes(self) -> int:
         return self._buffered_bytes
 
+    def stream_opened(self, source: str) -> None:
+        """Thread-safe: a source opened a stream of ``source`` (``SourceProgress.opened``)."""
+        with self._lock:
+            self.progress.opened(source, self.clock())
+
+    def stream_closed(self, source: str) -> None:
+        """Thread-safe: the stream of ``source`` ended (``SourceProgress.closed``)."""
+        with self._lock:
+            self.progress.closed(source)
+
+    def newest_start(self, lines: Sequence[str | Overlong]) -> datetime | None:
+        """Thread-safe and pure: the newest start time among the last ``PEEK_LINES`` access-log
+        entries of ``lines`` (None when none is one), decoded with the pipeline's formats. A
+        source that reads several files uses it to read the one furthest behind in time."""
+        texts = [line for line in lines[-PEEK_LINES:] if isinstance(line, str)]
+        if not texts:
+            return None
+        framed = Deframer("peek", None, self.max_line_bytes).feed_lines(texts)
+        newest = decode(framed.lines, self.pipeline.formats).entries.get_column("start_time").max()
+        return newest if isinstance(newest, datetime) else None
+
     def held_lines(self) -> pl.DataFrame:
         """Thread-safe: ``source`` and ``line_no`` of every accepted line that may still count
         (buffered, in the running tick, or pending in the correlator). A source that
@@ -279,8 +324,9 @@ class LiveAnalyzer:
                 self._idle_released = True
         if batches:
             decoded = self._decoded(batches)
-            self.progress.learn(decoded.entries, self.clock())
-            watermark = self.progress.watermark(self.clock())
+            with self._lock:  # sources report their streams opening and closing meanwhile
+                self.progress.learn(decoded.entries, self.clock())
+                watermark = self.progress.watermark(self.clock())
             return self._emit(self.pipeline.feed_decoded(decoded, watermark))
         if idle:
             return self._emit(self.pipeline.release_finished())

@@ -133,12 +133,39 @@ class Loop:
             attach = getattr(self.source, "attach", None)
             if attach is not None:  # a source that acknowledges asks the analyzer what is held
                 attach(self.live)
-            self.source.run(self.live.accept, stop, self.events)
+            events: SourceEvents = self.events
+            if getattr(self.source, "streams_are_sources", True):
+                events = _Streams(self.events, self.live)
+            self.source.run(self.live.accept, stop, events)
         except Exception as exc:  # the source's own errors are reported through events
             log.exception("source stopped: %s", exc)
             self.events.health(False, f"source stopped: {exc}")
         finally:
             ended.set()
+
+
+@dataclass(frozen=True)
+class _Streams:
+    """A source's events, passed on; its streams opening and closing also reach the analyzer
+    (``SourceProgress``: an opened stream is waited for until it delivers). Only for a source
+    whose streams are named as its lines' sources (not the nats source's partitions)."""
+
+    events: SourceEvents
+    live: LiveAnalyzer
+
+    def stream_opened(self, kind: str, source: str) -> None:
+        self.events.stream_opened(kind, source)
+        self.live.stream_opened(source)
+
+    def stream_closed(self, kind: str, source: str) -> None:
+        self.events.stream_closed(kind, source)
+        self.live.stream_closed(source)
+
+    def stream_restarted(self, kind: str, source: str, reason: str) -> None:
+        self.events.stream_restarted(kind, source, reason)
+
+    def health(self, ok: bool, reason: str) -> None:
+        self.events.health(ok, reason)
 
 
 def run_exporter(

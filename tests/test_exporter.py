@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -72,7 +72,11 @@ class Exporter:
     """``run_exporter`` in a thread of this process, on a free port."""
 
     def __init__(
-        self, globs: list[str], max_series: int = 2000, source: Source | None = None
+        self,
+        globs: list[str],
+        max_series: int = 2000,
+        source: Source | None = None,
+        buffer_bytes: int = 8 << 20,
     ) -> None:
         self.stop = threading.Event()
         self.port: int | None = None
@@ -81,7 +85,14 @@ class Exporter:
             SourceKind.FILES if globs else SourceKind.STDIN,
             Listen("127.0.0.1", 0),
             max_series,
-            PipelineSettings(timedelta(seconds=2), timedelta(seconds=1), 200_000, 0.1, None),
+            PipelineSettings(
+                timedelta(seconds=2),
+                timedelta(seconds=1),
+                200_000,
+                0.1,
+                None,
+                max_buffered_bytes=buffer_bytes,
+            ),
         )
         if source is None:
             source = FileSource(FileSettings(globs=tuple(globs), from_start=True, once=True))
@@ -147,6 +158,46 @@ def test_exporter_counts_exactly_what_analyze_finds(fmt: str) -> None:
     # every lab connection but those showing no WebSocket evidence (app-down, app-refuses,
     # gateway-no-route, gateway-server-down)
     assert sum(expected.values()) == 17
+
+
+def _side_by_side(directory: Path, copies: int) -> list[str]:
+    """Both sidecars' logs of ``copies`` h1 connections, one every 3 s (past the 2 s window of
+    ``Exporter``), each side's in its own file, as a node's files are after a busy while."""
+    paths = []
+    for side in ("client", "server"):
+        (line,) = (TESTDATA / "lab" / "json" / "h1" / f"{side}.log").read_text().splitlines()
+        entry = json.loads(line)
+        written = []
+        for i in range(copies):
+            at = datetime(2026, 11, 26, tzinfo=UTC) + timedelta(seconds=3 * i)
+            entry["start_time"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            entry["request_id"] = f"{i:08x}-0000-4000-8000-000000000000"
+            written.append(json.dumps(entry) + "\n")
+        path = directory / f"{side}.log"
+        path.write_text("".join(written))
+        paths.append(str(path))
+    return paths
+
+
+def test_a_replay_of_files_much_longer_than_a_block_pairs_what_analyze_pairs(
+    tmp_path: Path,
+) -> None:
+    """Two sides' files of 300 connections (15 minutes), read 4 KiB at a time into a 16 KiB
+    buffer (so the analyzer works through them a few blocks at a time, as it does through
+    a backlog of gigabytes): the source reads the file furthest behind in time first and the
+    analyzer waits for every file it opened, so no connection is released before its other
+    side is read (reading one file to its end first released them one-sided)."""
+    paths = _side_by_side(tmp_path, 300)
+    expected, _ = analysed_connections(paths)
+    assert [k for k in expected if "paired" in k] and sum(expected.values()) == 300
+    settings = FileSettings(globs=(str(tmp_path / "*.log"),), once=True, read_size=4096)
+    exporter = Exporter([], source=FileSource(settings), buffer_bytes=16 << 10)
+    try:
+        samples = exporter.settle(600)
+    finally:
+        exporter.close()
+    assert counted_connections(samples) == expected
+    assert total(samples, "wslog_pending_evicted_total") == 0
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

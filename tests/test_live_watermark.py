@@ -10,7 +10,7 @@ import polars as pl
 
 from analyzer.formats import default_formats
 from analyzer.pipeline import Step
-from exporter.live import SourceProgress
+from exporter.live import HOLD, SourceProgress
 from exporter.run import build_live
 from exporter.settings import PipelineSettings
 from exporter.sources import Chunk
@@ -56,3 +56,28 @@ def test_a_silent_source_stops_holding_the_watermark_back() -> None:
     assert progress.watermark(now=101.0).timestamp() == 1.0  # type: ignore[union-attr]
     progress.learn(early.filter(pl.col("source") == "busy"), now=104.0)
     assert progress.watermark(now=106.0).timestamp() == 9.0  # type: ignore[union-attr]
+
+
+def test_an_opened_stream_holds_the_watermark_until_it_delivers() -> None:
+    """At start every file or pod log opened is waited for: the first one read must not
+    release the others' connections before they are read; one that stays silent for
+    ``idle_s``, or ends without a line, is not waited for."""
+    progress = SourceProgress(idle_s=5.0)
+    busy = pl.DataFrame(
+        {"source": ["busy"], "start_time": [9_000_000]},
+        schema={"source": pl.String, "start_time": pl.Datetime("us", "UTC")},
+    )
+    progress.opened("busy", now=100.0)
+    progress.opened("slow", now=100.0)
+    progress.learn(busy, now=101.0)
+    assert progress.watermark(now=102.0) == HOLD
+    progress.learn(busy.with_columns(source=pl.lit("slow")), now=103.0)
+    assert progress.watermark(now=103.0).timestamp() == 9.0  # type: ignore[union-attr]
+    progress.opened("silent", now=104.0)
+    assert progress.watermark(now=105.0) == HOLD
+    both = pl.concat([busy, busy.with_columns(source=pl.lit("slow"))])
+    progress.learn(both, now=108.0)
+    assert progress.watermark(now=109.5).timestamp() == 9.0  # type: ignore[union-attr]
+    progress.opened("ended", now=110.0)
+    progress.closed("ended")
+    assert progress.watermark(now=110.0).timestamp() == 9.0  # type: ignore[union-attr]

@@ -83,6 +83,7 @@ class JetStreamSource:
     # Stopping (SIGTERM, a rescheduled pod) counts nothing that is held: those lines stay
     # unacknowledged and the next owner of the partition counts them with their counterparts.
     flush_on_stop = False
+    streams_are_sources = False  # its streams are partitions; its lines keep their sources
 
     def __init__(self, settings: NatsSettings) -> None:
         self.settings = settings
