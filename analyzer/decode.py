@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 
 import orjson
@@ -297,6 +298,63 @@ def _furthest(fmt: Format, text: str) -> tuple[int, int]:
 @cache
 def _prefix_regex(steps: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("".join(steps))
+
+
+# ---- one line at a time ----------------------------------------------------------------------
+
+
+def newest_start(texts: Sequence[str], formats: FormatSet) -> datetime | None:
+    """The newest start time among ``texts`` that are entries of ``formats``, None when none
+    is: a cheap look at a few lines (how far a block of a log went in time), line by line in
+    Python, where ``decode`` would pay its fixed cost per call. Only the start time is read:
+    from a JSON line's start-time key, from a TEXT line's head (``Format.start_head``); it
+    is parsed as ``decode`` parses it."""
+    found: dict[str | None, list[str]] = {}
+    for text in texts:
+        hit = _json_start(text, formats.json) if text.startswith("{") else None
+        hit = hit or (None if text.startswith("{") else _text_start(text, formats.text))
+        if hit is not None:
+            found.setdefault(hit[0], []).append(hit[1])
+    newest: list[datetime] = []
+    for time_format, values in found.items():
+        raw = pl.Series("v", values, dtype=pl.String).to_frame()
+        parsed = raw.select(_time(pl.col("v"), time_format)).to_series().max()
+        if isinstance(parsed, datetime):
+            newest.append(parsed)
+    return max(newest, default=None)
+
+
+def _json_start(text: str, formats: Sequence[Format]) -> tuple[str | None, str] | None:
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    for fmt in formats:
+        found = fmt.columns().get("start_time")
+        if found is None:
+            continue
+        value = obj.get(found.key)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return found.time_format, str(value)
+    return None
+
+
+def _text_start(text: str, formats: Sequence[Format]) -> tuple[str | None, str] | None:
+    for fmt in formats:
+        found = fmt.columns().get("start_time")
+        if found is None or not fmt.start_head:
+            continue
+        match = _head_regex(fmt.start_head).match(text)
+        if match is not None:
+            return found.time_format, match.group(found.key)
+    return None
+
+
+@cache
+def _head_regex(head: str) -> re.Pattern[str]:
+    return re.compile(head)
 
 
 # ---- shared -----------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ class Format:
     steps: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     literals: tuple[str, ...] = ()  # per token: its literal text, "" for a field
+    start_head: str = ""  # TEXT: the line's head up to its start time (``decode.newest_start``)
 
     def columns(self) -> dict[str, Field]:
         """The first field mapped to each ENTRY column."""
@@ -235,7 +236,13 @@ def compile_text(name: str, fmt: str, *, where: str = "the format") -> Format:
     probe = "^" + "".join(steps[: head + 2])
     labels = tuple(_label(tok) for tok in tokens)
     literals = tuple(tok if isinstance(tok, str) else "" for tok in tokens)
-    return Format(name, FormatKind.TEXT, fields, pattern, probe, steps, labels, literals)
+    start = [
+        i for i, tok in enumerate(tokens) if isinstance(tok, Field) and tok.column == "start_time"
+    ]
+    start_head = "^" + "".join(grouped[: start[0] + 1]) if start else ""
+    return Format(
+        name, FormatKind.TEXT, fields, pattern, probe, steps, labels, literals, start_head
+    )
 
 
 def _field(command: Command, key: str) -> Field:

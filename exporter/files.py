@@ -65,7 +65,7 @@ Lines = list[str | Overlong]
 class Clock(Protocol):
     """What tells how far in time a block of lines went (``LiveAnalyzer.newest_start``)."""
 
-    def newest_start(self, lines: Sequence[str | Overlong]) -> datetime | None: ...
+    def newest_start(self, source: str, lines: Sequence[str | Overlong]) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -344,15 +344,15 @@ class FileSource:
             _, order, follower = heapq.heappop(turn)
             lines = self._read_one(follower, sink, events)
             if lines is not None:
-                heapq.heappush(turn, (self._time_of(lines, order), order, follower))
+                heapq.heappush(turn, (self._time_of(follower.path, lines), order, follower))
 
-    def _time_of(self, lines: Lines, order: int) -> float:
+    def _time_of(self, path: str, lines: Lines) -> float:
         """Where a file is in time after ``lines``: its newest entry's start (seconds), or,
         without a clock, the turn (so files are read a block each in turn)."""
         if self._clock is None:
             self._turn += 1
             return float(self._turn)
-        newest = self._clock.newest_start(lines)
+        newest = self._clock.newest_start(path, lines)
         return -math.inf if newest is None else newest.timestamp()
 
     def _read_one(self, follower: FileFollower, sink: Sink, events: SourceEvents) -> Lines | None:

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 import polars as pl
 
 from analyzer.classify import select_websockets
-from analyzer.decode import Decoded, decode, with_framing_rejects
+from analyzer.decode import Decoded, decode, newest_start, with_framing_rejects
 from analyzer.framing import Deframer, Framed, Framing
 from analyzer.lines import HEAD_BYTES, MAX_LINE_BYTES, Overlong
 from analyzer.pipeline import PathEvidence, Pipeline, Step
@@ -47,7 +47,7 @@ ConnectionSink = Callable[[pl.DataFrame], None]
 StepSink = Callable[[Step, pl.DataFrame], None]
 
 FRAMING_HINTS = {"timestamps": Framing.KUBECTL_TIMESTAMPS, "cri": Framing.CRI}
-PEEK_LINES = 8  # lines decoded to tell how far a source's block went in time (newest_start)
+PEEK_LINES = 4  # lines read to tell how far a source's block went in time (newest_start)
 
 
 # A watermark before every entry: nothing is released by time (see SourceProgress.watermark).
@@ -144,6 +144,7 @@ class LiveAnalyzer:
     batch: BatchSize = field(init=False)
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _deframers: dict[str, Deframer] = field(default_factory=dict)
+    _peekers: dict[str, Deframer] = field(default_factory=dict)  # newest_start's, per source
     _buffer: list[_Batch] = field(default_factory=list)
     _buffered_bytes: int = 0
     _draining: bool = False
@@ -279,16 +280,18 @@ class LiveAnalyzer:
         with self._lock:
             self.progress.closed(source)
 
-    def newest_start(self, lines: Sequence[str | Overlong]) -> datetime | None:
-        """Thread-safe and pure: the newest start time among the last ``PEEK_LINES`` access-log
-        entries of ``lines`` (None when none is one), decoded with the pipeline's formats. A
-        source that reads several files uses it to read the one furthest behind in time."""
+    def newest_start(self, source: str, lines: Sequence[str | Overlong]) -> datetime | None:
+        """The newest start time among the last ``PEEK_LINES`` lines of ``source`` (None when
+        none is an entry), deframed as that source's lines are (a deframer of its own, for
+        this look only) and read with ``decode.newest_start``. A source that reads several
+        files calls it from its thread, to read the one furthest behind in time next."""
         texts = [line for line in lines[-PEEK_LINES:] if isinstance(line, str)]
         if not texts:
             return None
-        framed = Deframer("peek", None, self.max_line_bytes).feed_lines(texts)
-        newest = decode(framed.lines, self.pipeline.formats).entries.get_column("start_time").max()
-        return newest if isinstance(newest, datetime) else None
+        with self._lock:
+            peeker = self._peekers.setdefault(source, Deframer(source, None, self.max_line_bytes))
+        framed = peeker.feed_lines(texts).lines.get_column("text").to_list()
+        return newest_start(framed, self.pipeline.formats)
 
     def held_lines(self) -> pl.DataFrame:
         """Thread-safe: ``source`` and ``line_no`` of every accepted line that may still count
