@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from analyzer.classify import websocket_evidence
-from analyzer.runs import KEY, SEQ, order_key
+from analyzer.runs import KEY, numbered, order_key
 from analyzer.timerange import TimeRange
 from analyzer.vocab import Cause, Outcome, Pairing, explain
 
@@ -87,10 +87,8 @@ class Digest:
         """Fold released connections (CONNECTION_SCHEMA) in."""
         if connections.height == 0:
             return
-        first = self._next_seq
-        self._next_seq += connections.height
-        seq = pl.int_range(first, self._next_seq, eager=True, dtype=pl.Int64).alias(SEQ)
-        keyed = connections.with_columns(seq).with_columns(
+        first, self._next_seq = self._next_seq, self._next_seq + connections.height
+        keyed = numbered(connections, first).with_columns(
             order_key(),
             pl.when(pl.col("evidence").is_null()).then(pl.col("path")).alias("path"),
             self.time_range.inside().alias(_INSIDE),
@@ -191,37 +189,32 @@ class Resolved:
 
 
 def _grouped(rows: pl.DataFrame, keys: list[str], extra: list[pl.Expr]) -> pl.DataFrame:
-    """Partials combined by ``keys``: connections summed, the first request ids kept."""
-    examples = (
-        rows.select(*keys, _EXAMPLE_KEYS, _EXAMPLES)
-        .explode(_EXAMPLE_KEYS, _EXAMPLES)
-        .drop_nulls(_EXAMPLE_KEYS)
-        .sort(_EXAMPLE_KEYS)
-        .group_by(keys)
-        .agg(pl.col(_EXAMPLES).head(EXAMPLE_IDS).alias("example_request_ids"))
-    )
-    counts = rows.group_by(keys).agg(pl.col("connections").sum(), *extra)
-    joined = counts.join(examples, on=keys, how="left", nulls_equal=True)
-    return joined.with_columns(
-        pl.col("example_request_ids").fill_null(pl.lit([], pl.List(pl.String())))
-    )
+    """Partials combined by ``keys`` as the reports show them: connections summed, ``extra``,
+    the first request ids."""
+    combined = _combined(rows, keys, extra).drop(_EXAMPLE_KEYS)
+    examples = pl.col(_EXAMPLES).fill_null(pl.lit([], pl.List(pl.String())))
+    return combined.with_columns(examples.alias("example_request_ids")).drop(_EXAMPLES)
 
 
 def _fold(parts: list[pl.DataFrame]) -> pl.DataFrame:
     """Partials with the same keys as one: counts summed, first keys and examples kept."""
     if not parts:
         return pl.DataFrame(schema=_PARTIAL_SCHEMA)
-    rows = pl.concat(parts)
+    firsts = [pl.col(_FIRST).min(), pl.col(_MIN_ID).min()]
+    folded = _combined(pl.concat(parts), _KEYS, firsts)
+    return folded.select(list(_PARTIAL_SCHEMA)).cast(_PARTIAL_SCHEMA)
+
+
+def _combined(rows: pl.DataFrame, keys: list[str], extra: list[pl.Expr]) -> pl.DataFrame:
+    """``rows`` grouped by ``keys``: connections summed, ``extra``, and the examples of all
+    (their order keys and request ids) cut to the first ``EXAMPLE_IDS`` by key."""
     examples = (
-        rows.select(*_KEYS, _EXAMPLE_KEYS, _EXAMPLES)
+        rows.select(*keys, _EXAMPLE_KEYS, _EXAMPLES)
         .explode(_EXAMPLE_KEYS, _EXAMPLES)
         .drop_nulls(_EXAMPLE_KEYS)
         .sort(_EXAMPLE_KEYS)
-        .group_by(_KEYS)
+        .group_by(keys)
         .agg(pl.col(_EXAMPLE_KEYS).head(EXAMPLE_IDS), pl.col(_EXAMPLES).head(EXAMPLE_IDS))
     )
-    counts = rows.group_by(_KEYS).agg(
-        pl.col("connections").sum(), pl.col(_FIRST).min(), pl.col(_MIN_ID).min()
-    )
-    folded = counts.join(examples, on=_KEYS, how="left", nulls_equal=True)
-    return folded.select(list(_PARTIAL_SCHEMA)).cast(_PARTIAL_SCHEMA)
+    counts = rows.group_by(keys).agg(pl.col("connections").sum(), *extra)
+    return counts.join(examples, on=keys, how="left", nulls_equal=True)

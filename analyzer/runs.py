@@ -45,6 +45,14 @@ def order_key() -> pl.Expr:
     return pl.concat_str(start, rid, pl.lit("\x00"), seq).alias(KEY)
 
 
+def numbered(connections: pl.DataFrame, first: int) -> pl.DataFrame:
+    """``connections`` with their order of release (``_seq``), ``first`` for the first."""
+    last = first + connections.height
+    return connections.with_columns(
+        pl.int_range(first, last, eager=True, dtype=pl.Int64).alias(SEQ)
+    )
+
+
 @dataclass
 class ConnectionRuns:
     """Connections added in release order; read back in any order (``scan``) or merged in
@@ -67,10 +75,8 @@ class ConnectionRuns:
     def add(self, connections: pl.DataFrame) -> None:
         if connections.height == 0:
             return
-        first = self._next_seq
-        self._next_seq += connections.height
-        seq = pl.int_range(first, self._next_seq, eager=True, dtype=pl.Int64).alias(SEQ)
-        self._held.append(connections.with_columns(seq))
+        first, self._next_seq = self._next_seq, self._next_seq + connections.height
+        self._held.append(numbered(connections, first))
         self._held_rows += connections.height
         if self._held_rows >= self.memory_rows:
             self._spill()

@@ -23,22 +23,19 @@ from rich.console import Console
 
 from analyzer.classify import websocket_evidence
 from analyzer.cli import AnalysisOptions, analyze_sources, expand_paths
-from analyzer.digest import Digest
+from analyzer.digest import (
+    FAILURE_KEYS,
+    NOT_UPGRADED,
+    PAIRING_COLUMNS,
+    SUMMARY_KEYS,
+    Digest,
+)
 from analyzer.report import render_table
 from analyzer.schema import CONNECTION_SCHEMA
 from analyzer.timerange import TimeRange
 from analyzer.vocab import Cause, Outcome, Pairing, explain
 from tests.conftest import TESTDATA
 
-SUMMARY_KEYS = ["destination_service", "upgrade_path", "outcome", "cause"]
-FAILURE_KEYS = ["destination_service", "outcome", "cause", "reported_by", "transport_failure"]
-PAIRING_COLUMNS = {
-    Pairing.PAIRED: "paired",
-    Pairing.CLIENT_ONLY: "client_only",
-    Pairing.SERVER_ONLY: "server_only",
-    Pairing.UNPAIRED: "unpaired",
-}
-NOT_UPGRADED = [Outcome.FAILED.value, Outcome.REJECTED.value]
 EXAMPLES = pl.col("request_id").drop_nulls().head(3).alias("example_request_ids")
 
 
