@@ -7,7 +7,9 @@ finely enough that the run's end can still decide what the batch could not:
 
 - what is a WebSocket (``classify.websocket_evidence``): a connection with evidence of its own
   is; one without is only when its destination service and path showed evidence anywhere in
-  the run, known at the end. So the partials of connections without evidence keep their path.
+  the run, known at the end. So connections without evidence of their own (plain HTTP
+  requests, whose paths can be as many as they are) are kept as they are, in a
+  ``runs.ConnectionRuns`` (on disk past its memory budget), and judged at the end.
 - report order (start time, request id, then release order: ``runs.order_key``): examples are
   the first request ids of each group in that order, so each partial keeps the order keys of its
   first ``EXAMPLE_IDS`` (the first of a union are among the first of its parts), and a
@@ -26,7 +28,8 @@ from typing import Any
 import polars as pl
 
 from analyzer.classify import websocket_evidence
-from analyzer.runs import KEY, numbered, order_key
+from analyzer.runs import KEY, SEQ, ConnectionRuns, numbered, order_key
+from analyzer.schema import CONNECTION_SCHEMA
 from analyzer.timerange import TimeRange
 from analyzer.vocab import Cause, Outcome, Pairing, explain
 
@@ -42,10 +45,9 @@ PAIRING_COLUMNS = {
 NOT_UPGRADED = [Outcome.FAILED.value, Outcome.REJECTED.value]
 EXAMPLE_IDS = 3
 
-# What a partial is grouped by: every key a report groups by, and what the end decides on.
-# ``evidence`` is the connection's own, ``path`` is kept only when it has none (else null).
+# What a partial is grouped by: every key a report groups by, and the time range's verdict.
 _INSIDE = "_inside"
-_KEYS = list(dict.fromkeys([*SUMMARY_KEYS, *FAILURE_KEYS, "pairing", "evidence", "path"]))
+_KEYS = list(dict.fromkeys([*SUMMARY_KEYS, *FAILURE_KEYS, "pairing"]))
 _KEYS.append(_INSIDE)
 _FIRST, _EXAMPLE_KEYS, _EXAMPLES, _MIN_ID = "_first", "_example_keys", "_examples", "_min_id"
 _PARTIAL_SCHEMA = pl.Schema(
@@ -67,11 +69,14 @@ Tripped = tuple[str, str | None, str | None, int, str | None]
 
 @dataclass
 class Digest:
-    """Partial aggregates of the connections added so far, in the order they were released
-    (which, after start time and request id, orders the report)."""
+    """Partial aggregates of the WebSocket connections added so far, and the connections that
+    only the end can judge; in the order they were released (which, after start time and
+    request id, orders the report)."""
 
     time_range: TimeRange = field(default_factory=TimeRange)
+    unjudged: ConnectionRuns = field(default_factory=ConnectionRuns)
     _parts: list[pl.DataFrame] = field(default_factory=list)
+    _judged: int = 0  # connections with evidence of their own
     _next_seq: int = 0
 
     @classmethod
@@ -84,43 +89,52 @@ class Digest:
         return digest.resolve(no_paths, include_all=True)
 
     def add(self, connections: pl.DataFrame) -> None:
-        """Fold released connections (CONNECTION_SCHEMA) in."""
+        """Fold released connections (CONNECTION_SCHEMA) in: those with evidence of their
+        own as partials, the others kept for the end."""
         if connections.height == 0:
             return
         first, self._next_seq = self._next_seq, self._next_seq + connections.height
-        keyed = numbered(connections, first).with_columns(
-            order_key(),
-            pl.when(pl.col("evidence").is_null()).then(pl.col("path")).alias("path"),
-            self.time_range.inside().alias(_INSIDE),
-        )
-        rid = pl.col("request_id")
-        with_id = keyed.filter(rid.is_not_null()).sort(KEY)
-        examples = with_id.group_by(_KEYS).agg(
-            pl.col(KEY).head(EXAMPLE_IDS).alias(_EXAMPLE_KEYS),
-            rid.head(EXAMPLE_IDS).alias(_EXAMPLES),
-            rid.min().alias(_MIN_ID),
-        )
-        counts = keyed.group_by(_KEYS).agg(pl.len().alias("connections"), pl.col(KEY).min())
-        part = counts.rename({KEY: _FIRST}).join(examples, on=_KEYS, how="left", nulls_equal=True)
-        self._parts.append(part.select(list(_PARTIAL_SCHEMA)).cast(_PARTIAL_SCHEMA))
-        if len(self._parts) > 64:  # keep the partials few: fold them into one
-            self._parts = [_fold(self._parts)]
+        keyed = numbered(connections, first)
+        own = keyed.get_column("evidence").is_not_null()
+        judged = keyed.filter(own)
+        self._judged += judged.height
+        self._parts = _folded([*self._parts, _partial(judged, self.time_range)])
+        self.unjudged.add(keyed.filter(~own))
 
     def resolve(self, ws_paths: pl.DataFrame, *, include_all: bool = False) -> Resolved:
         """What the reports say, once the run's path evidence (``PathEvidence.paths``) is
         known: connections with evidence of their own, or on a path that showed some (every
         HTTP connection with ``include_all``) are WebSocket candidates."""
-        parts = _fold(self._parts)
-        kind = websocket_evidence(parts, ws_paths, include_all=include_all)
-        judged = parts.with_columns(_candidate=kind.is_not_null())
-        connections = pl.col("connections")
-        total, candidates, kept = judged.select(
-            connections.sum().alias("total"),
-            connections.filter("_candidate").sum().alias("candidates"),
-            connections.filter(pl.col("_candidate") & pl.col(_INSIDE)).sum().alias("kept"),
-        ).row(0)
-        rows = judged.filter(pl.col("_candidate") & pl.col(_INSIDE))
-        return Resolved(rows, int(total), int(candidates), int(kept))
+        parts, total, candidates = self._parts, self._judged, self._judged
+        for block in self.unjudged.scan([*CONNECTION_SCHEMA, SEQ]):
+            kind = websocket_evidence(block, ws_paths, include_all=include_all)
+            total += block.height
+            candidates += kind.len() - kind.null_count()
+            chosen = block.with_columns(kind).filter(kind.is_not_null())
+            parts = _folded([*parts, _partial(chosen, self.time_range)])
+        rows = _fold(parts).filter(pl.col(_INSIDE))
+        kept = int(rows.get_column("connections").sum())
+        return Resolved(rows, total, candidates, kept)
+
+
+def _partial(candidates: pl.DataFrame, time_range: TimeRange) -> pl.DataFrame:
+    """WebSocket candidates (with their ``_seq``) as partial aggregates."""
+    keyed = candidates.with_columns(order_key(), time_range.inside().alias(_INSIDE))
+    rid = pl.col("request_id")
+    with_id = keyed.filter(rid.is_not_null()).sort(KEY)
+    examples = with_id.group_by(_KEYS).agg(
+        pl.col(KEY).head(EXAMPLE_IDS).alias(_EXAMPLE_KEYS),
+        rid.head(EXAMPLE_IDS).alias(_EXAMPLES),
+        rid.min().alias(_MIN_ID),
+    )
+    counts = keyed.group_by(_KEYS).agg(pl.len().alias("connections"), pl.col(KEY).min())
+    part = counts.rename({KEY: _FIRST}).join(examples, on=_KEYS, how="left", nulls_equal=True)
+    return part.select(list(_PARTIAL_SCHEMA)).cast(_PARTIAL_SCHEMA)
+
+
+def _folded(parts: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """``parts``, folded into one once they are many (so they stay few)."""
+    return [_fold(parts)] if len(parts) > 64 else parts
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,9 @@ class ConnectionRuns:
         if connections.height == 0:
             return
         first, self._next_seq = self._next_seq, self._next_seq + connections.height
-        self._held.append(numbered(connections, first))
+        if SEQ not in connections.columns:  # else numbered by the caller (digest.Digest)
+            connections = numbered(connections, first)
+        self._held.append(connections)
         self._held_rows += connections.height
         if self._held_rows >= self.memory_rows:
             self._spill()

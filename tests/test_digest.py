@@ -31,6 +31,7 @@ from analyzer.digest import (
     Digest,
 )
 from analyzer.report import render_table
+from analyzer.runs import ConnectionRuns
 from analyzer.schema import CONNECTION_SCHEMA
 from analyzer.timerange import TimeRange
 from analyzer.vocab import Cause, Outcome, Pairing, explain
@@ -227,3 +228,26 @@ def test_examples_are_the_first_request_ids_in_report_order_not_in_release_order
     (summary,) = digest.resolve(no_paths).summary().to_dicts()
     assert summary["example_request_ids"] == ["c", "é", "b"]
     assert summary["connections"] == 5
+
+
+def test_connections_without_evidence_wait_on_disk_not_in_the_aggregates() -> None:
+    """Plain HTTP requests (no evidence of their own) have as many paths as a service has
+    ids: they are kept as connections, spilled past the budget, and judged at the end; the
+    aggregates hold only WebSocket candidates, a row per report group."""
+    rows = [(0, BASE, f"id-{i}", i % 10 == 0, f"/api/users/{i}") for i in range(200)]
+    released = _released(rows)
+    digest = Digest(unjudged=ConnectionRuns(memory_rows=20))
+    for start in range(0, released.height, 50):
+        digest.add(released.slice(start, 50))
+    assert digest.unjudged.spilled == 4  # a run per batch: 45 of its 50 have no evidence
+    assert sum(part.height for part in digest._parts) <= 4 * len(
+        released.select(SUMMARY_KEYS).unique()
+    )
+    marked = pl.DataFrame(
+        {
+            "destination_service": released["destination_service"][:2],
+            "path": ["/api/users/1", "/api/users/3"],
+        }
+    )
+    got = digest.resolve(marked)
+    assert (got.total, got.candidates, got.kept) == (200, 22, 22)
