@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 
 from analyzer.classify import websocket_evidence
-from analyzer.runs import KEY, SEQ, ConnectionRuns, numbered, order_key
+from analyzer.runs import KEY, SEQ, ConnectionRuns, compacted, numbered, order_key
 from analyzer.schema import CONNECTION_SCHEMA
 from analyzer.timerange import TimeRange
 from analyzer.vocab import Cause, Outcome, Pairing, explain
@@ -44,6 +44,7 @@ PAIRING_COLUMNS = {
 }
 NOT_UPGRADED = [Outcome.FAILED.value, Outcome.REJECTED.value]
 EXAMPLE_IDS = 3
+UNJUDGED_ROWS = 20_000  # connections without evidence held in memory (about 30 MiB)
 
 # What a partial is grouped by: every key a report groups by, and the time range's verdict.
 _INSIDE = "_inside"
@@ -74,7 +75,8 @@ class Digest:
     request id, orders the report)."""
 
     time_range: TimeRange = field(default_factory=TimeRange)
-    unjudged: ConnectionRuns = field(default_factory=ConnectionRuns)
+    # Connections without evidence of their own, judged at the end: on disk past 20,000.
+    unjudged: ConnectionRuns = field(default_factory=lambda: ConnectionRuns(UNJUDGED_ROWS))
     _parts: list[pl.DataFrame] = field(default_factory=list)
     _judged: int = 0  # connections with evidence of their own
     _next_seq: int = 0
@@ -99,7 +101,7 @@ class Digest:
         judged = keyed.filter(own)
         self._judged += judged.height
         self._parts = _folded([*self._parts, _partial(judged, self.time_range)])
-        self.unjudged.add(keyed.filter(~own))
+        self.unjudged.add(compacted(keyed.filter(~own)))  # kept long: pins no chunk
 
     def resolve(self, ws_paths: pl.DataFrame, *, include_all: bool = False) -> Resolved:
         """What the reports say, once the run's path evidence (``PathEvidence.paths``) is

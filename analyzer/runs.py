@@ -15,6 +15,7 @@ It is the order a stable sort of all connections by start time and request id gi
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import weakref
@@ -43,6 +44,17 @@ def order_key() -> pl.Expr:
     rid = pl.concat_str(pl.lit("0"), pl.col("request_id")).fill_null(pl.lit("1"))
     seq = pl.col(SEQ).cast(pl.String).str.zfill(_DIGITS)
     return pl.concat_str(start, rid, pl.lit("\x00"), seq).alias(KEY)
+
+
+def compacted(frame: pl.DataFrame) -> pl.DataFrame:
+    """A copy of ``frame`` that owns its strings. A filtered frame's strings are views into
+    the buffers of the frame it came from (a whole decoded chunk): a few rows kept for long,
+    from all over a large input, would hold every chunk's buffers. Arrow IPC in memory
+    copies just the rows' values."""
+    buffer = io.BytesIO()
+    frame.write_ipc(buffer, compression="uncompressed")
+    buffer.seek(0)
+    return pl.read_ipc(buffer)
 
 
 def numbered(connections: pl.DataFrame, first: int) -> pl.DataFrame:

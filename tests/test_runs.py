@@ -4,6 +4,8 @@ from spilled runs is the report held in memory, byte for byte."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +22,7 @@ from analyzer.pipeline import AnalysisResult
 from analyzer.report import render_table, write_binary
 from analyzer.runs import ConnectionRuns
 from analyzer.timerange import TimeRange
-from tests.conftest import TESTDATA
+from tests.conftest import ROOT, TESTDATA
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 rows = st.lists(
@@ -121,3 +123,41 @@ def test_a_temporary_directory_that_cannot_be_written_is_a_clear_error(
     runs = ConnectionRuns(memory_rows=2)
     with pytest.raises(SpillError, match=r"cannot write connections to .*missing/dir.*TMPDIR"):
         runs.add(frame([(1, "a"), (2, "b")], 0))
+
+
+KEEP_ONE_ROW_OF_EACH = """
+import sys, polars as pl
+from analyzer.runs import compacted
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+kept, before = [], rss_mib()
+for i in range(30):  # 30 chunks of 8 MiB of strings; one row of each is kept
+    chunk = pl.DataFrame({"s": [f"{i:04d}" + "x" * 80 + str(n) for n in range(100_000)]})
+    one = chunk.filter(pl.int_range(pl.len()) == 7)
+    kept.append(compacted(one) if sys.argv[1] == "compacted" else one)
+    del chunk
+print(rss_mib() - before)
+"""
+
+
+def test_a_compacted_row_holds_only_its_own_bytes_not_its_chunks() -> None:
+    """What ``Digest`` keeps for the end (connections without evidence) is compacted: a row
+    filtered out of a decoded chunk would hold the whole chunk's strings (the control)."""
+    grown = {}
+    for how in ("filtered", "compacted"):
+        done = subprocess.run(
+            [sys.executable, "-c", KEEP_ONE_ROW_OF_EACH, how],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            check=True,
+        )
+        grown[how] = float(done.stdout)
+    assert grown["filtered"] > 200  # 30 chunks of about 10 MiB each stay in memory
+    # compacted: what the allocator keeps of freed chunks (a few), a quarter at most
+    assert grown["compacted"] < grown["filtered"] / 4
