@@ -131,7 +131,8 @@ def _partial(candidates: pl.DataFrame, time_range: TimeRange) -> pl.DataFrame:
     )
     counts = keyed.group_by(_KEYS).agg(pl.len().alias("connections"), pl.col(KEY).min())
     part = counts.rename({KEY: _FIRST}).join(examples, on=_KEYS, how="left", nulls_equal=True)
-    return part.select(list(_PARTIAL_SCHEMA)).cast(_PARTIAL_SCHEMA)
+    # A few rows, kept to the end: their strings copied, not views into the step's chunks.
+    return compacted(part.select(list(_PARTIAL_SCHEMA)).cast(_PARTIAL_SCHEMA))
 
 
 def _folded(parts: list[pl.DataFrame]) -> list[pl.DataFrame]:
