@@ -311,8 +311,8 @@ def newest_start(texts: Sequence[str], formats: FormatSet) -> datetime | None:
     is parsed as ``decode`` parses it."""
     found: dict[str | None, list[str]] = {}
     for text in texts:
-        hit = _json_start(text, formats.json) if text.startswith("{") else None
-        hit = hit or (None if text.startswith("{") else _text_start(text, formats.text))
+        is_json = text.startswith("{")
+        hit = _json_start(text, formats.json) if is_json else _text_start(text, formats.text)
         if hit is not None:
             found.setdefault(hit[0], []).append(hit[1])
     newest: list[datetime] = []
