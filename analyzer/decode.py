@@ -29,6 +29,7 @@ _ROW = "_row"
 _JSON = "json:"
 _BAD = "_bad"
 _GROUPS = "_groups"
+_QUOTES = "_quotes"
 _META = [_ROW, "source", "line_no", "log_time"]
 _MIN_KEYS = 3
 _LEAF = 32
@@ -231,17 +232,30 @@ def _decode_text(frame: pl.DataFrame, formats: Sequence[Format]) -> _Part:
     if frame.height == 0 or not formats:
         return _Part([], [])
     probes = pl.any_horizontal([pl.col("text").str.contains(p) for p in _probes(formats)])
-    remaining = frame.filter(probes)
+    remaining = frame.filter(probes).with_columns(
+        pl.col("text").str.count_matches('"', literal=True).alias(_QUOTES)
+    )
     entries = []
     for fmt in formats:
         if remaining.height == 0:
             break
-        groups = pl.col("text").str.extract_groups(fmt.pattern).alias(_GROUPS)
+        # A line with fewer quotes than the format's own cannot match it: a cheap count spares
+        # a newer layout's regex (the one tried first) on an older layout's lines.
+        fewer = pl.col(_QUOTES) < sum(literal.count('"') for literal in fmt.literals)
+        skipped, remaining = remaining.filter(fewer), remaining.filter(~fewer)
+        first, *more = fmt.passes or (fmt.pattern,)
+        groups = pl.col("text").str.extract_groups(first).alias(_GROUPS)
         tried = _streamed(remaining.lazy().with_columns(groups))
         hit = tried[_GROUPS].struct.field("m").is_not_null()
-        entries.append(_normalise(tried.lazy().filter(hit).unnest(_GROUPS), fmt))
-        remaining = tried.filter(~hit).drop(_GROUPS)
-    return _split_bad(entries, [_text_rejects(remaining, formats)], frame)
+        matched = tried.lazy().filter(hit).unnest(_GROUPS)
+        for i, pattern in enumerate(more):  # the other fields of the lines that matched
+            name = f"{_GROUPS}{i}"
+            matched = matched.with_columns(
+                pl.col("text").str.extract_groups(pattern).alias(name)
+            ).unnest(name)
+        entries.append(_normalise(matched, fmt))
+        remaining = pl.concat([tried.filter(~hit).drop(_GROUPS), skipped])
+    return _split_bad(entries, [_text_rejects(remaining.drop(_QUOTES), formats)], frame)
 
 
 def _probes(formats: Sequence[Format]) -> list[str]:

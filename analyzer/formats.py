@@ -90,9 +90,12 @@ INT_COLUMNS = frozenset(
     }
 )
 
-_TIME_DEFAULT = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z"
-_INT = r"-?\d+|-"
+# Digits are ASCII (Envoy writes no other) and every alternative starts with its own byte, so
+# a whole-line pattern made of these is one-pass (see ``extraction_passes``).
+_TIME_DEFAULT = r"[0-9]{4}-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9](?:\.[0-9]+)?Z"
+_INT = r"-[0-9]*|[0-9]+"  # a number, or "-" for none
 _PROTOCOL = r"HTTP/[0-9.]+|-"  # all Envoy's %PROTOCOL% writes
+_STOPS_AT_SPACE = r"\S+"
 _META = set("\\.+*?()|[]{}^$")
 
 
@@ -129,6 +132,7 @@ class Format:
     pattern: str = ""
     probe: str = ""
     steps: tuple[str, ...] = ()
+    passes: tuple[str, ...] = ()  # TEXT: ``pattern`` split for extraction (extraction_passes)
     labels: tuple[str, ...] = ()
     literals: tuple[str, ...] = ()  # per token: its literal text, "" for a field
     start_head: str = ""  # TEXT: the line's head up to its start time (``decode.newest_start``)
@@ -240,9 +244,82 @@ def compile_text(name: str, fmt: str, *, where: str = "the format") -> Format:
         i for i, tok in enumerate(tokens) if isinstance(tok, Field) and tok.column == "start_time"
     ]
     start_head = "^" + "".join(grouped[: start[0] + 1]) if start else ""
+    passes = extraction_passes(tokens, steps)
     return Format(
-        name, FormatKind.TEXT, fields, pattern, probe, steps, labels, literals, start_head
+        name, FormatKind.TEXT, fields, pattern, probe, steps, passes, labels, literals, start_head
     )
+
+
+# Rust's regex captures groups with its one-pass engine (a few times faster than the others)
+# only when the pattern is one-pass and has at most this many explicit groups.
+ONE_PASS_GROUPS = 16
+
+
+def extraction_passes(tokens: list[str | Field], steps: tuple[str, ...]) -> tuple[str, ...]:
+    """The regexes ``decode`` extracts a TEXT format's fields with. When every field's regex
+    stops at the byte that follows it (the pattern is one-pass), the fields are split over
+    passes of at most ``ONE_PASS_GROUPS`` groups: the first pass is the whole line's pattern
+    with ``m`` and the last fields (it decides which lines match), each later one a prefix of
+    it up to its last field (run only on the lines that matched: a one-pass prefix captures
+    what the whole pattern would). Else the whole pattern once. Only fields mapped to a column
+    are captured: the others must match, their values are dropped. Measured on Istio's TEXT
+    lines (25 groups): the passes take about half the time of one."""
+    wanted = {f.key for f in _columns(tokens)}
+    keys = [t.key for t in tokens if isinstance(t, Field) and t.key in wanted]
+    whole = _capturing(tokens, steps, set(keys), "^(?P<m>)") + r"(?: .*)?$"
+    after: list[str | Field | None] = [*tokens[1:], None]
+    one_pass = all(map(_stops, tokens, steps, after))
+    if not one_pass or len(keys) < ONE_PASS_GROUPS:
+        return (whole,)
+    split = len(keys) - (ONE_PASS_GROUPS - 1)
+    passes = [_capturing(tokens, steps, set(keys[split:]), "^(?P<m>)") + r"(?: .*)?$"]
+    for start in range(0, split, ONE_PASS_GROUPS):
+        chosen = keys[start : min(start + ONE_PASS_GROUPS, split)]
+        last = next(i for i, t in enumerate(tokens) if isinstance(t, Field) and t.key == chosen[-1])
+        passes.append(_capturing(tokens[: last + 1], steps, set(chosen), "^"))
+    return tuple(passes)
+
+
+def _capturing(tokens: list[str | Field], steps: tuple[str, ...], keys: set[str], head: str) -> str:
+    """``tokens`` as a regex capturing the fields named in ``keys``."""
+    return head + "".join(
+        _group(tok, step) if isinstance(tok, str) or tok.key in keys else step
+        for tok, step in zip(tokens, steps, strict=False)
+    )
+
+
+def _columns(tokens: list[str | Field]) -> list[Field]:
+    """The first field of each column (what ``Format.columns`` keeps)."""
+    seen: dict[str, Field] = {}
+    for tok in tokens:
+        if isinstance(tok, Field) and tok.column is not None:
+            seen.setdefault(tok.column, tok)
+    return list(seen.values())
+
+
+# The bytes a value of each fixed field regex may hold: it stops at the first other byte.
+_ALPHABETS = {
+    _INT: "-0123456789",
+    _PROTOCOL: "HTP/0123456789.-",
+    _TIME_DEFAULT: "0123456789-T:.Z",
+}
+
+
+def _stops(token: str | Field, step: str, nxt: str | Field | None) -> bool:
+    """Whether a token's regex ends unambiguously where the next token starts: a literal, or
+    a field whose values cannot hold the next token's first byte (a space for the last one,
+    before the optional rest of the line)."""
+    if isinstance(token, str):
+        return True
+    if isinstance(nxt, Field):
+        return False
+    after = nxt[0] if nxt else " "
+    inner = step[3:-1]  # "(?:...)"
+    if inner in _ALPHABETS:
+        return after not in _ALPHABETS[inner]
+    if inner == _STOPS_AT_SPACE:
+        return after in " \t"
+    return inner == f"[^{escape(after)}]*"
 
 
 def _field(command: Command, key: str) -> Field:
@@ -299,7 +376,7 @@ def _value_regex(field: Field, nxt: str | Field | None) -> str:
         return r"\S*?"
     if isinstance(nxt, str) and nxt[0] not in " \t":
         return f"[^{escape(nxt[0])}]*"
-    return r"\S+"
+    return _STOPS_AT_SPACE
 
 
 def _group(token: str | Field, step: str) -> str:
@@ -328,26 +405,26 @@ def escape(text: str) -> str:
 
 
 _STRFTIME_REGEX = {
-    "Y": r"\d{4}",
-    "y": r"\d\d",
-    "m": r"\d\d",
-    "d": r"\d\d",
-    "e": r" ?\d{1,2}",
-    "H": r"\d\d",
-    "M": r"\d\d",
-    "S": r"\d\d",
-    "j": r"\d{3}",
-    "s": r"\d+",
-    "f": r"\d{9}",
-    "z": r"[+-]\d\d:?\d\d",
+    "Y": r"[0-9]{4}",
+    "y": r"[0-9][0-9]",
+    "m": r"[0-9][0-9]",
+    "d": r"[0-9][0-9]",
+    "e": r" ?[0-9]{1,2}",
+    "H": r"[0-9][0-9]",
+    "M": r"[0-9][0-9]",
+    "S": r"[0-9][0-9]",
+    "j": r"[0-9]{3}",
+    "s": r"[0-9]+",
+    "f": r"[0-9]{9}",
+    "z": r"[+-][0-9][0-9]:?[0-9][0-9]",
     "Z": r"[A-Za-z]+",
     "b": r"[A-Za-z]{3}",
     "a": r"[A-Za-z]{3}",
-    "T": r"\d\d:\d\d:\d\d",
-    "F": r"\d{4}-\d\d-\d\d",
+    "T": r"[0-9][0-9]:[0-9][0-9]:[0-9][0-9]",
+    "F": r"[0-9]{4}-[0-9][0-9]-[0-9][0-9]",
     "%": "%",
 }
-_DIRECTIVE = re.compile(r"%(E(\d)S|(\d)f|.)")
+_DIRECTIVE = re.compile(r"%(E([0-9])S|([0-9])f|.)")
 
 
 def strftime_regex(fmt: str) -> str:
@@ -363,9 +440,9 @@ def strftime_regex(fmt: str) -> str:
 
 def _directive_regex(match: re.Match[str]) -> str:
     if match.group(2):
-        return rf"\d\d\.\d{{{match.group(2)}}}"
+        return rf"[0-9][0-9]\.[0-9]{{{match.group(2)}}}"
     if match.group(3):
-        return rf"\d{{{match.group(3)}}}"
+        return rf"[0-9]{{{match.group(3)}}}"
     return _STRFTIME_REGEX.get(match.group(1), r"\S+?")
 
 
