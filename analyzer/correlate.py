@@ -59,12 +59,15 @@ ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
     "final": pl.Boolean(),
     "http": pl.Boolean(),
     "evidence": pl.String(),
-    "group": pl.String(),  # "r|<request id>", or "u|<uid>" until an address partner is found
+    "group": pl.Int64(),  # the connection's key: see Correlator._annotate
     "anchor": UTC_US,  # start of the client stream the entry belongs to
     "conn_end": UTC_US,  # newest entry end of the entry's connection
     "conn_done": pl.Boolean(),  # whether the connection has a final entry
 }
 PENDING_SCHEMA = {**ENTRY_SCHEMA, **ANNOTATION_SCHEMA}
+IDS_SCHEMA = {"request_id": pl.String(), "group": pl.Int64()}
+# A group key is odd for a request id's group, even for an entry alone by its uid.
+BY_ID = (pl.col("group") % 2) == 1
 
 
 PAIR_WINDOW_S = 10.0  # --pair-window's default in every command
@@ -111,7 +114,8 @@ class Correlator:
     _next_uid: int = 0
     _sources: side.SourceSides = field(init=False)
     _held: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=PENDING_SCHEMA))
-    _released: pl.Series = field(default_factory=lambda: pl.Series(dtype=pl.UInt64))  # groups
+    _released: pl.Series = field(default_factory=lambda: pl.Series(dtype=pl.UInt64))  # ids
+    _ids: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=IDS_SCHEMA))
     _released_until: datetime | None = None  # the latest end of a connection released paired
 
     def __post_init__(self) -> None:
@@ -120,6 +124,11 @@ class Correlator:
     @property
     def pending(self) -> int:
         return self._pending.height
+
+    @property
+    def request_ids(self) -> int:
+        """Request ids remembered (those of pending or held connections)."""
+        return self._ids.height
 
     def pending_lines(self) -> pl.DataFrame:
         """``source`` and ``line_no`` of every entry still waiting (not counted yet)."""
@@ -158,12 +167,10 @@ class Correlator:
         if self._released_until is None:
             return 0
         until = pl.lit(self._released_until, UTC_US) + self.settings.clock_skew
-        maybe = batch.filter(
-            pl.col("group").str.starts_with("r|") & (pl.col("start_time") <= until)
-        )
+        maybe = batch.filter(BY_ID & (pl.col("start_time") <= until))
         if maybe.height == 0:
             return 0
-        return int(maybe.get_column("group").hash().is_in(self._released.implode()).sum())
+        return int(maybe.get_column("request_id").hash().is_in(self._released.implode()).sum())
 
     def _advance(self, batch: pl.DataFrame, watermark: datetime | None) -> datetime | None:
         """The caller's watermark as it is (it may step back, when an input starts another
@@ -190,16 +197,35 @@ class Correlator:
         return self._take(pl.col("conn_done"))
 
     def _annotate(self, entries: pl.DataFrame) -> pl.DataFrame:
+        """Each entry with its uid, its own evidence and its group: the group of its request
+        id (``2 * uid + 1`` of the id's first entry still pending or held, kept in ``_ids``),
+        or, without one, its own (``2 * uid``) until an address partner is found. Integer
+        keys: every later step hashes, sorts and joins on them."""
         entries = conform(entries, ENTRY_SCHEMA)
         uids = pl.int_range(self._next_uid, self._next_uid + entries.height, eager=True)
         self._next_uid += entries.height
-        own = (
-            pl.when(pl.col("request_id").is_not_null())
-            .then(pl.concat_str(pl.lit("r|"), pl.col("request_id")))
-            .otherwise(pl.concat_str(pl.lit("u|"), pl.col("uid").cast(pl.String)))
+        entries = entries.with_columns(uid=uids)
+        ids = (
+            entries.filter(pl.col("request_id").is_not_null())
+            .group_by("request_id")
+            .agg((pl.col("uid").min() * 2 + 1).alias("new"))
+            .join(self._ids, on="request_id", how="left")
         )
-        annotated = annotate(entries.with_columns(uid=uids)).with_columns(group=own)
+        if ids.height:
+            fresh = ids.filter(pl.col("group").is_null())
+            self._ids = pl.concat([self._ids, fresh.select("request_id", group="new")])
+            ids = ids.select("request_id", pl.coalesce("group", "new").alias("group"))
+            entries = entries.join(ids, on="request_id", how="left", maintain_order="left")
+        own = pl.coalesce(pl.col("group"), pl.col("uid") * 2) if ids.height else pl.col("uid") * 2
+        annotated = annotate(entries).with_columns(group=own)
         return conform(annotated, PENDING_SCHEMA)
+
+    def _forget_ids(self) -> None:
+        """Drop the request ids whose groups are neither pending nor held."""
+        if self._ids.height == 0:
+            return
+        alive = pl.concat([self._pending.get_column("group"), self._held.get_column("group")])
+        self._ids = self._ids.filter(pl.col("group").is_in(alive.implode()))
 
     def _pair(self, pending: pl.DataFrame, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
         """Pending plus batch, with entries that found an address partner moved into the
@@ -241,6 +267,7 @@ class Correlator:
         if self.settings.hold_unpaired and not final:
             out = self._hold_unpaired(out)
         early_out = out.filter(pl.col("uid").is_in(early.get_column("uid").implode()))
+        self._forget_ids()
         return Released(build_connections(out), build_connections(early_out))
 
     def _hold_unpaired(self, settled: pl.DataFrame) -> pl.DataFrame:
@@ -253,12 +280,12 @@ class Correlator:
             own_sides = annotate(settled.filter(~paired))
             self._held = pl.concat([self._held, conform(own_sides, PENDING_SCHEMA)])
             settled = settled.filter(paired)
-        by_id = pl.col("group").str.starts_with("r|")
         done = settled.select(
-            pl.col("group").filter(by_id).unique().hash(), pl.col("conn_end").filter(by_id).max()
+            pl.col("request_id").filter(BY_ID).drop_nulls().unique().hash(),
+            pl.col("conn_end").filter(BY_ID).max(),
         )
         if done.height:
-            self._released = pl.concat([self._released, done.get_column("group")])
+            self._released = pl.concat([self._released, done.get_column("request_id")])
             latest = done.get_column("conn_end").max()
             if isinstance(latest, datetime):
                 until = self._released_until
@@ -311,7 +338,7 @@ def address_partners(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.D
     known side: the client entry whose upstream connection they received (``uid`` ->
     ``partner_uid``), the closest in time when several match."""
     servers = frame.filter(
-        pl.col("group").str.starts_with("u|")
+        ~BY_ID
         & (pl.col("role") == SERVER).fill_null(True)
         & pl.col("downstream_remote_address").is_not_null()
     ).select(
@@ -396,7 +423,9 @@ def build_connections(entries: pl.DataFrame) -> pl.DataFrame:
     last rows (a sort per connection and side cost twice as much). Connections come out in the
     order of their first entry."""
     client, server = pl.col("role") == CLIENT, pl.col("role") == SERVER
-    first = [_first(name, client) for name in ("request_id", "authority", "path")]
+    # One request id per group (only entries without one join another's): its first is its min.
+    request_id = pl.col("request_id").drop_nulls().first()
+    first = [request_id, *(_first(name, client) for name in ("authority", "path"))]
     brief = pl.struct(*ENTRY_BRIEF_FIELDS)
     if entries.get_column("role").null_count():
         entry_of_no_side = brief.filter(pl.col("role").is_null()).last().alias("unsided")

@@ -328,6 +328,25 @@ def test_window_releases_paired_connections_once_the_watermark_passes() -> None:
     assert correlator.pending == 1
 
 
+def test_request_ids_are_remembered_only_while_their_connections_wait() -> None:
+    # The exporter correlates forever: an id is kept (as its group's key) while an entry of
+    # it is pending, then forgotten; a later entry of the same id pairs with nothing released.
+    correlator = Correlator(CorrelationSettings(window=timedelta(seconds=5)))
+    released = 0
+    for step in range(30):
+        at = timedelta(seconds=step)
+        rows = [client(f"r{step}-{i}", at + ms(i)) for i in range(20)]
+        rows += [server(f"r{step}-{i}", at + ms(i + 1)) for i in range(20)]
+        released += correlator.feed(entries(rows)).connections.height
+        assert correlator.request_ids <= 20 * 7  # about a window's worth of seconds
+    assert released > 20 * 20
+    correlator.feed(entries([server("r0-0", timedelta(seconds=31))]))
+    flushed = correlator.flush().connections.filter(pl.col("request_id") == "r0-0")
+    assert correlator.request_ids == 0
+    assert flushed.height == 1
+    assert flushed.item(0, "client") is None  # its client was released long ago
+
+
 def test_size_cap_evicts_the_oldest_connections_and_counts_them() -> None:
     correlator = Correlator(CorrelationSettings(max_pending=2))
     rows = [client(f"r{i}", ms(i)) for i in range(5)]
