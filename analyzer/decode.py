@@ -2,10 +2,12 @@
 
 Each line is tried against the formats of a ``FormatSet``: lines starting with ``{`` go through
 one ``str.json_decode`` with a declared struct of every JSON format's keys, the others through
-each TEXT format's regex (``str.extract_groups``). Both are vectorised; Python looks at a single
-line only when the fast path rejected it, to name the reason. Every line ends up as exactly one
-of an entry, ``not_access_log`` (Envoy's and pilot-agent's own messages, blank lines, foreign
-JSON) or ``malformed`` (it looks like an entry of a known format but cannot be decoded).
+each TEXT format's regex (``str.extract_groups``, in the passes ``formats.extraction_passes``
+splits it into; a line with fewer quotes than a format's own is not tried against it). Both
+are vectorised; Python looks at a single line only when the fast path rejected it, to name the
+reason. Every line ends up as exactly one of an entry, ``not_access_log`` (Envoy's and
+pilot-agent's own messages, blank lines, foreign JSON) or ``malformed`` (it looks like an entry
+of a known format but cannot be decoded).
 Pure: no I/O, no clocks.
 """
 
