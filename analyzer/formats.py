@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -96,6 +96,7 @@ _TIME_DEFAULT = r"[0-9]{4}-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9
 _INT = r"-[0-9]*|[0-9]+"  # a number, or "-" for none
 _PROTOCOL = r"HTTP/[0-9.]+|-"  # all Envoy's %PROTOCOL% writes
 _STOPS_AT_SPACE = r"\S+"
+_REST = r"(?: .*)?$"  # after a TEXT format's last field: anything a newer layout added
 _META = set("\\.+*?()|[]{}^$")
 
 
@@ -139,11 +140,16 @@ class Format:
 
     def columns(self) -> dict[str, Field]:
         """The first field mapped to each ENTRY column."""
-        out: dict[str, Field] = {}
-        for field in self.fields:
-            if field.column is not None and field.column not in out:
-                out[field.column] = field
-        return out
+        return first_per_column(self.fields)
+
+
+def first_per_column(fields: Iterable[Field]) -> dict[str, Field]:
+    """The first of ``fields`` mapped to each ENTRY column."""
+    out: dict[str, Field] = {}
+    for field in fields:
+        if field.column is not None and field.column not in out:
+            out[field.column] = field
+    return out
 
 
 @dataclass(frozen=True)
@@ -235,7 +241,7 @@ def compile_text(name: str, fmt: str, *, where: str = "the format") -> Format:
         )
     steps = tuple(_token_regex(tokens, i) for i in range(len(tokens)))
     grouped = [_group(tok, step) for tok, step in zip(tokens, steps, strict=True)]
-    pattern = "^(?P<m>)" + "".join(grouped) + r"(?: .*)?$"
+    pattern = "^(?P<m>)" + "".join(grouped) + _REST
     head = next(i for i, tok in enumerate(tokens) if isinstance(tok, Field))
     probe = "^" + "".join(steps[: head + 2])
     labels = tuple(_label(tok) for tok in tokens)
@@ -264,15 +270,15 @@ def extraction_passes(tokens: list[str | Field], steps: tuple[str, ...]) -> tupl
     what the whole pattern would). Else the whole pattern once. Only fields mapped to a column
     are captured: the others must match, their values are dropped. Measured on Istio's TEXT
     lines (25 groups): the passes take about half the time of one."""
-    wanted = {f.key for f in _columns(tokens)}
-    keys = [t.key for t in tokens if isinstance(t, Field) and t.key in wanted]
-    whole = _capturing(tokens, steps, set(keys), "^(?P<m>)") + r"(?: .*)?$"
+    fields = [t for t in tokens if isinstance(t, Field)]
+    wanted = {f.key for f in first_per_column(fields).values()}
+    keys = [f.key for f in fields if f.key in wanted]
     after: list[str | Field | None] = [*tokens[1:], None]
     one_pass = all(map(_stops, tokens, steps, after))
     if not one_pass or len(keys) < ONE_PASS_GROUPS:
-        return (whole,)
+        return (_capturing(tokens, steps, set(keys), "^(?P<m>)") + _REST,)
     split = len(keys) - (ONE_PASS_GROUPS - 1)
-    passes = [_capturing(tokens, steps, set(keys[split:]), "^(?P<m>)") + r"(?: .*)?$"]
+    passes = [_capturing(tokens, steps, set(keys[split:]), "^(?P<m>)") + _REST]
     for start in range(0, split, ONE_PASS_GROUPS):
         chosen = keys[start : min(start + ONE_PASS_GROUPS, split)]
         last = next(i for i, t in enumerate(tokens) if isinstance(t, Field) and t.key == chosen[-1])
@@ -286,15 +292,6 @@ def _capturing(tokens: list[str | Field], steps: tuple[str, ...], keys: set[str]
         _group(tok, step) if isinstance(tok, str) or tok.key in keys else step
         for tok, step in zip(tokens, steps, strict=False)
     )
-
-
-def _columns(tokens: list[str | Field]) -> list[Field]:
-    """The first field of each column (what ``Format.columns`` keeps)."""
-    seen: dict[str, Field] = {}
-    for tok in tokens:
-        if isinstance(tok, Field) and tok.column is not None:
-            seen.setdefault(tok.column, tok)
-    return list(seen.values())
 
 
 # The bytes a value of each fixed field regex may hold: it stops at the first other byte.
