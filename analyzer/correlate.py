@@ -49,6 +49,7 @@ CLIENT, SERVER = Side.CLIENT.value, Side.SERVER.value
 
 DPE_MAX_LAG = timedelta(milliseconds=3)
 CONN = ["group", "anchor"]
+_AT = "_at"  # a row's place in its frame, while that frame is sorted otherwise
 
 # Columns the correlator adds to each entry while it is pending.
 ANNOTATION_SCHEMA: dict[str, pl.DataType] = {
@@ -167,7 +168,9 @@ class Correlator:
         if self._released_until is None:
             return 0
         until = pl.lit(self._released_until, UTC_US) + self.settings.clock_skew
-        maybe = batch.filter(BY_ID & (pl.col("start_time") <= until))
+        maybe = batch.select("group", "start_time", "request_id").filter(
+            BY_ID & (pl.col("start_time") <= until)
+        )
         if maybe.height == 0:
             return 0
         return int(maybe.get_column("request_id").hash().is_in(self._released.implode()).sum())
@@ -206,7 +209,8 @@ class Correlator:
         self._next_uid += entries.height
         entries = entries.with_columns(uid=uids)
         ids = (
-            entries.filter(pl.col("request_id").is_not_null())
+            entries.select("request_id", "uid")
+            .filter(pl.col("request_id").is_not_null())
             .group_by("request_id")
             .agg((pl.col("uid").min() * 2 + 1).alias("new"))
             .join(self._ids, on="request_id", how="left")
@@ -304,29 +308,37 @@ class Correlator:
 
 
 def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings) -> pl.DataFrame:
-    """Recompute anchors and connection ends for the entries of the ``touched`` groups."""
+    """Recompute anchors and connection ends for the entries of the ``touched`` groups. The
+    anchors are found on the three key columns only (sorting the whole entries cost more than
+    the as-of join itself); the entries keep their order."""
     hit = frame.get_column("group").is_in(touched.implode())
     work = frame.filter(hit)
     if work.height == 0:
         return frame
+    keys = work.select("group", "start_time", "role")
     streams = (
-        work.filter(pl.col("role") == CLIENT)
-        .group_by("group", "start_time")
-        .agg()
-        .rename({"start_time": "stream"})
+        keys.filter(pl.col("role") == CLIENT)
+        .select("group", pl.col("start_time").alias("stream"))
+        .unique()
         .sort("stream")
     )
-    probed = work.drop("anchor").with_columns(probe=pl.col("start_time") + settings.clock_skew)
-    joined = probed.sort("probe").join_asof(
-        streams,
-        left_on="probe",
-        right_on="stream",
-        by="group",
-        strategy="backward",
-        check_sortedness=False,  # sorted by probe and stream within every group
+    probes = keys.select("group", probe=pl.col("start_time") + settings.clock_skew)
+    stream = (
+        probes.with_row_index(_AT)
+        .sort("probe")
+        .join_asof(
+            streams,
+            left_on="probe",
+            right_on="stream",
+            by="group",
+            strategy="backward",
+            check_sortedness=False,  # sorted by probe and stream within every group
+        )
+        .sort(_AT)
+        .get_column("stream")
     )
-    anchor = pl.coalesce(pl.col("stream"), pl.col("start_time").min().over("group"))
-    keyed = joined.with_columns(anchor=anchor).with_columns(
+    anchor = pl.coalesce(stream, pl.col("start_time").min().over("group"))
+    keyed = work.with_columns(anchor=anchor).with_columns(
         conn_end=pl.col("end_time").max().over(CONN),
         conn_done=pl.col("final").any().over(CONN),
     )
@@ -336,17 +348,23 @@ def rekey(frame: pl.DataFrame, touched: pl.Series, settings: CorrelationSettings
 def address_partners(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.DataFrame:
     """For entries still alone in their group (no request id) that are a server's or of no
     known side: the client entry whose upstream connection they received (``uid`` ->
-    ``partner_uid``), the closest in time when several match."""
-    servers = frame.filter(
-        ~BY_ID
-        & (pl.col("role") == SERVER).fill_null(True)
-        & pl.col("downstream_remote_address").is_not_null()
-    ).select(
-        "uid",
-        "start_time",
-        pl.col("downstream_remote_address").alias("peer"),
-        pl.col("downstream_local_address").alias("local"),
-        _port(pl.col("downstream_remote_address")).alias("port"),
+    ``partner_uid``), the closest in time when several match. (Lazy filters and selects:
+    only the columns selected are gathered, not every column of the entries.)"""
+    servers = (
+        frame.lazy()
+        .filter(
+            ~BY_ID
+            & (pl.col("role") == SERVER).fill_null(True)
+            & pl.col("downstream_remote_address").is_not_null()
+        )
+        .select(
+            "uid",
+            "start_time",
+            pl.col("downstream_remote_address").alias("peer"),
+            pl.col("downstream_local_address").alias("local"),
+            _port(pl.col("downstream_remote_address")).alias("port"),
+        )
+        .collect()
     )
     if servers.height == 0:
         return pl.DataFrame(schema={"uid": pl.Int64, "partner_uid": pl.Int64})
@@ -357,12 +375,17 @@ def address_partners(frame: pl.DataFrame, settings: CorrelationSettings) -> pl.D
     )
     if not masked:  # then a partner's address is the peer itself: skip every other client
         client = client & local.is_in(servers.get_column("peer").implode())
-    clients = frame.filter(client).select(
-        pl.col("uid").alias("partner_uid"),
-        pl.col("start_time").alias("client_start"),
-        pl.col("upstream_local_address").alias("client_local"),
-        pl.col("upstream_host").alias("client_host"),
-        _port(pl.col("upstream_local_address")).alias("port"),
+    clients = (
+        frame.lazy()
+        .filter(client)
+        .select(
+            pl.col("uid").alias("partner_uid"),
+            pl.col("start_time").alias("client_start"),
+            pl.col("upstream_local_address").alias("client_local"),
+            pl.col("upstream_host").alias("client_host"),
+            _port(pl.col("upstream_local_address")).alias("port"),
+        )
+        .collect()
     )
     lag = pl.col("start_time") - pl.col("client_start")
     candidates = servers.join(clients, on="port").filter(

@@ -98,10 +98,10 @@ class Digest:
         first, self._next_seq = self._next_seq, self._next_seq + connections.height
         keyed = numbered(connections, first)
         own = keyed.get_column("evidence").is_not_null()
-        judged = keyed.filter(own)
-        self._judged += judged.height
-        self._parts = _folded([*self._parts, _partial(judged, self.time_range)])
-        self.unjudged.add(compacted(keyed.filter(~own)))  # kept long: pins no chunk
+        self._judged += int(own.sum())
+        self._parts = _folded([*self._parts, _partial(keyed, self.time_range, own)])
+        if not own.all():
+            self.unjudged.add(compacted(keyed.filter(~own)))  # kept long: pins no chunk
 
     def resolve(self, ws_paths: pl.DataFrame, *, include_all: bool = False) -> Resolved:
         """What the reports say, once the run's path evidence (``PathEvidence.paths``) is
@@ -119,9 +119,21 @@ class Digest:
         return Resolved(rows, total, candidates, kept)
 
 
-def _partial(candidates: pl.DataFrame, time_range: TimeRange) -> pl.DataFrame:
-    """WebSocket candidates (with their ``_seq``) as partial aggregates."""
-    keyed = candidates.with_columns(order_key(), time_range.inside().alias(_INSIDE))
+def _partial(
+    candidates: pl.DataFrame, time_range: TimeRange, chosen: pl.Series | None = None
+) -> pl.DataFrame:
+    """WebSocket candidates (with their ``_seq``; those of ``chosen``, when given) as partial
+    aggregates."""
+    # The few columns a partial reads, picked before any filter or sort: moving whole
+    # connections (their entries' structs) cost more than the aggregation.
+    keyed = candidates.select(
+        *(key for key in _KEYS if key != _INSIDE),
+        "request_id",
+        order_key(),
+        time_range.inside().alias(_INSIDE),
+    )
+    if chosen is not None:
+        keyed = keyed.filter(chosen)
     rid = pl.col("request_id")
     with_id = keyed.filter(rid.is_not_null()).sort(KEY)
     examples = with_id.group_by(_KEYS).agg(

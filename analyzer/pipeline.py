@@ -97,16 +97,22 @@ class Pipeline:
         self, released: Released, counts: dict[LineResult, int], rejects: pl.DataFrame
     ) -> Step:
         rows = released.connections
-        http = rows.filter(pl.col("http"))
-        connections, early = self._classify(http), self._classify(released.early)
+        http = _http(rows)
+        connections, early = self._classify(http), self._classify(_http(released.early))
         lines = {result: counts.get(result, 0) for result in LineResult}
         return Step(connections, lines, rejects, early, rows.height - http.height)
 
-    def _classify(self, rows: pl.DataFrame) -> pl.DataFrame:
-        http = rows.filter(pl.col("http"))
+    def _classify(self, http: pl.DataFrame) -> pl.DataFrame:
         if http.height == 0:
             return pl.DataFrame(schema=CONNECTION_SCHEMA)
         return classify(http, keep_query=self.keep_query)
+
+
+def _http(rows: pl.DataFrame) -> pl.DataFrame:
+    """The HTTP connections of ``rows``; ``rows`` themselves when all are (the usual case: a
+    filter copies every connection's entry structs)."""
+    http = rows.get_column("http")
+    return rows if http.sum() == rows.height else rows.filter(http)
 
 
 def early_by_side(early: pl.DataFrame) -> dict[str, int]:

@@ -76,13 +76,10 @@ def own_side() -> pl.Expr:
 def no_route() -> pl.Expr:
     """Envoy found no route or cluster: only the proxy routing a request into the mesh (a client
     sidecar or a gateway) does that; a server sidecar's inbound routes match every host."""
-    flags = pl.col("response_flags").fill_null("").str.split(",")
+    # NR or NC among the comma-separated flags (one regex: splitting into lists cost 4x more)
+    flagged = pl.col("response_flags").str.contains(r"(?:^|,)N[RC](?:,|$)").fill_null(False)
     details = pl.col("response_code_details")
-    return (
-        flags.list.contains("NR")
-        | flags.list.contains("NC")
-        | details.is_in(["route_not_found", "cluster_not_found"]).fill_null(False)
-    )
+    return flagged | details.is_in(["route_not_found", "cluster_not_found"]).fill_null(False)
 
 
 def with_server(frame: pl.DataFrame, uids: pl.Series) -> pl.DataFrame:
@@ -132,7 +129,8 @@ class SourceSides:
     def learn(self, entries: pl.DataFrame) -> None:
         """Remember the sides ``entries`` (with ``side`` and ``end_time``) prove."""
         found = (
-            entries.filter(pl.col("side").is_not_null())
+            entries.select("source", "side", "end_time")
+            .filter(pl.col("side").is_not_null())
             .group_by("source", "side")
             .agg(pl.col("end_time").min().alias("first_end"))
         )
@@ -144,12 +142,14 @@ class SourceSides:
     def fill(self, entries: pl.DataFrame) -> pl.DataFrame:
         """Give each entry still without a side its source's one side, when the source showed
         exactly one by the entry's horizon."""
-        unknown = entries.filter(pl.col("side").is_null())
+        unknown = entries.select("uid", "source", "end_time", "side").filter(
+            pl.col("side").is_null()
+        )
         if unknown.height == 0 or self._seen.height == 0:
             return entries
         horizon = pl.col("end_time") + self.window
         known = (
-            unknown.select("uid", "source", "end_time")
+            unknown.drop("side")
             .join(self._seen, on="source")
             .filter(pl.col("first_end") <= horizon)
             .group_by("uid")

@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from analyzer import side
 from analyzer.classify import classify
 from analyzer.correlate import CorrelationSettings, Correlator
 from analyzer.schema import CORRELATED_SCHEMA, ENTRY_SCHEMA, conform
@@ -310,6 +311,33 @@ def test_outcome_and_cause(
     conns = analyse(rows)
     assert conns.height == 1
     assert (conns.item(0, "outcome"), conns.item(0, "cause")) == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "details", "no_route"),
+    [
+        ("NR", None, True),
+        ("UF,NR", None, True),
+        ("NC,URX", None, True),
+        ("DC,NC", None, True),
+        ("NRX", None, False),  # a flag that only starts like NR
+        ("XNR", None, False),
+        ("UF", None, False),
+        (None, None, False),
+        ("", None, False),
+        (None, "route_not_found", True),
+        ("-", "cluster_not_found", True),
+        ("UF", "via_upstream", False),
+    ],
+)
+def test_no_route_reads_whole_flags_and_the_details(
+    flags: str | None, details: str | None, no_route: bool
+) -> None:
+    entry = pl.DataFrame(
+        {"response_flags": [flags], "response_code_details": [details]},
+        schema={"response_flags": pl.String, "response_code_details": pl.String},
+    )
+    assert entry.select(side.no_route()).item() is no_route
 
 
 def test_entries_without_a_cluster_take_their_sources_side() -> None:
