@@ -41,6 +41,7 @@ from analyzer.decode import Decoded, decode, newest_start, with_framing_rejects
 from analyzer.framing import Deframer, Framed, Framing
 from analyzer.lines import HEAD_BYTES, MAX_LINE_BYTES, Overlong
 from analyzer.pipeline import PathEvidence, Pipeline, Step
+from exporter.settings import MAX_BUFFERED_BYTES
 from exporter.sources import Chunk
 
 ConnectionSink = Callable[[pl.DataFrame], None]
@@ -138,7 +139,7 @@ class LiveAnalyzer:
     max_line_bytes: int = MAX_LINE_BYTES
     # Raw bytes of lines accepted but not yet ticked: past this, ``accept`` blocks its source
     # until the next tick, so a fast input waits instead of filling memory.
-    max_buffered_bytes: int = 8 << 20
+    max_buffered_bytes: int = MAX_BUFFERED_BYTES
     evidence: PathEvidence = field(default_factory=PathEvidence)
     progress: SourceProgress = field(init=False)
     batch: BatchSize = field(init=False)
