@@ -45,7 +45,8 @@ class Listen:
 # Lines waiting for a tick, at most (a source waits past it); when behind, a tick takes up to
 # this much. Larger batches pay the correlator's per-batch work less often: replaying 1M TEXT
 # lines took 0.90x the time with 12 MiB as with 8 (0.80x with 32 MiB, but a peak of 600 MiB,
-# past the manifests' 512 MiB limit; 12 MiB adds about 50 MiB). README "Performance".
+# past the manifests' 512 MiB limit; 12 MiB: 404 MiB at worst, pending at its cap). README
+# "Performance".
 MAX_BUFFERED_BYTES = 12 << 20
 
 
