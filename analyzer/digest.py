@@ -112,28 +112,24 @@ class Digest:
             kind = websocket_evidence(block, ws_paths, include_all=include_all)
             total += block.height
             candidates += kind.len() - kind.null_count()
-            chosen = block.with_columns(kind).filter(kind.is_not_null())
-            parts = _folded([*parts, _partial(chosen, self.time_range)])
+            parts = _folded([*parts, _partial(block, self.time_range, kind.is_not_null())])
         rows = _fold(parts).filter(pl.col(_INSIDE))
         kept = int(rows.get_column("connections").sum())
         return Resolved(rows, total, candidates, kept)
 
 
-def _partial(
-    candidates: pl.DataFrame, time_range: TimeRange, chosen: pl.Series | None = None
-) -> pl.DataFrame:
-    """WebSocket candidates (with their ``_seq``; those of ``chosen``, when given) as partial
+def _partial(connections: pl.DataFrame, time_range: TimeRange, chosen: pl.Series) -> pl.DataFrame:
+    """The ``chosen`` connections (with their ``_seq``: WebSocket candidates) as partial
     aggregates."""
     # The few columns a partial reads, picked before any filter or sort: moving whole
     # connections (their entries' structs) cost more than the aggregation.
-    keyed = candidates.select(
+    keyed = connections.select(
         *(key for key in _KEYS if key != _INSIDE),
         "request_id",
         order_key(),
         time_range.inside().alias(_INSIDE),
     )
-    if chosen is not None:
-        keyed = keyed.filter(chosen)
+    keyed = keyed.filter(chosen)
     rid = pl.col("request_id")
     with_id = keyed.filter(rid.is_not_null()).sort(KEY)
     examples = with_id.group_by(_KEYS).agg(

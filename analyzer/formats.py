@@ -96,6 +96,7 @@ _TIME_DEFAULT = r"[0-9]{4}-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9
 _INT = r"-[0-9]*|[0-9]+"  # a number, or "-" for none
 _PROTOCOL = r"HTTP/[0-9.]+|-"  # all Envoy's %PROTOCOL% writes
 _STOPS_AT_SPACE = r"\S+"
+_HEAD = "^(?P<m>)"  # a TEXT pattern's start: group ``m`` is set on every line it matches
 _REST = r"(?: .*)?$"  # after a TEXT format's last field: anything a newer layout added
 _META = set("\\.+*?()|[]{}^$")
 
@@ -241,7 +242,7 @@ def compile_text(name: str, fmt: str, *, where: str = "the format") -> Format:
         )
     steps = tuple(_token_regex(tokens, i) for i in range(len(tokens)))
     grouped = [_group(tok, step) for tok, step in zip(tokens, steps, strict=True)]
-    pattern = "^(?P<m>)" + "".join(grouped) + _REST
+    pattern = _HEAD + "".join(grouped) + _REST
     head = next(i for i, tok in enumerate(tokens) if isinstance(tok, Field))
     probe = "^" + "".join(steps[: head + 2])
     labels = tuple(_label(tok) for tok in tokens)
@@ -276,9 +277,9 @@ def extraction_passes(tokens: list[str | Field], steps: tuple[str, ...]) -> tupl
     after: list[str | Field | None] = [*tokens[1:], None]
     one_pass = all(map(_stops, tokens, steps, after))
     if not one_pass or len(keys) < ONE_PASS_GROUPS:
-        return (_capturing(tokens, steps, set(keys), "^(?P<m>)") + _REST,)
+        return (_capturing(tokens, steps, set(keys), _HEAD) + _REST,)
     split = len(keys) - (ONE_PASS_GROUPS - 1)
-    passes = [_capturing(tokens, steps, set(keys[split:]), "^(?P<m>)") + _REST]
+    passes = [_capturing(tokens, steps, set(keys[split:]), _HEAD) + _REST]
     for start in range(0, split, ONE_PASS_GROUPS):
         chosen = keys[start : min(start + ONE_PASS_GROUPS, split)]
         last = next(i for i, t in enumerate(tokens) if isinstance(t, Field) and t.key == chosen[-1])
