@@ -31,6 +31,22 @@ def test_dash_h_is_help_everywhere(command: list[str]) -> None:
     assert "<bool>" not in result.stdout  # a flag takes no value: never invite --flag true
 
 
+def test_the_command_list_flows_each_summary_as_one_paragraph() -> None:
+    """On a terminal wide enough for every summary, each command is one row: no docstring line
+    break carried into ``wslog --help`` as a ragged second row."""
+    result = subprocess.run(
+        [sys.executable, "-m", "wslog", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    panel = result.stdout.split("Commands")[1].split("╰")[0].splitlines()[1:]
+    names = [row.split()[1] for row in panel]
+    assert names == ["version", "analyze", "exporter", "tail", "doctor", "lab"]
+
+
 @pytest.mark.parametrize(
     ("command", "interactive"),
     [("exporter", []), ("tail", ["--filter-namespace", "--service", "--outcome"])],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -59,12 +60,19 @@ def version() -> None:
     typer.echo(f"wslog {_version()}")
 
 
+def _summary(function: Callable[..., object]) -> str:
+    """A command's row in ``wslog --help``: its docstring's first paragraph as one line (the
+    list keeps a docstring's line breaks, which leaves ragged rows)."""
+    first = inspect.cleandoc(function.__doc__ or "").split("\n\n")[0]
+    return " ".join(first.split())
+
+
 # Subcommands register below, one line each.
-app.command()(analyze)
+app.command(short_help=_summary(analyze))(analyze)
 app.add_typer(lab_app, name="lab")
-app.command()(exporter)
-app.command()(tail)
-app.command()(doctor)
+app.command(short_help=_summary(exporter))(exporter)
+app.command(short_help=_summary(tail))(tail)
+app.command(short_help=_summary(doctor))(doctor)
 
 
 def command() -> Callable[[], object]:
