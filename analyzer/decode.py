@@ -22,7 +22,7 @@ from functools import cache
 import orjson
 import polars as pl
 
-from analyzer.formats import Format, FormatSet, ValueType, chrono_format
+from analyzer.formats import Format, FormatSet, ValueType, chrono_format, json_keys
 from analyzer.framing import Framed
 from analyzer.schema import ENTRY_SCHEMA, LINE_SCHEMA, REJECT_SCHEMA, conform, empty
 from analyzer.vocab import LineResult, RejectReason
@@ -107,8 +107,7 @@ def with_framing_rejects(decoded: Decoded, framing: Sequence[pl.DataFrame]) -> D
 def _decode_json(frame: pl.DataFrame, formats: Sequence[Format]) -> _Part:
     if frame.height == 0 or not formats:
         return _Part([], [])
-    keys = list(dict.fromkeys(f.key for fmt in formats for f in fmt.fields))
-    dtype = pl.Struct({k: pl.String for k in keys})
+    dtype = pl.Struct({k: pl.String for k in json_keys(formats)})
     structs, errors = _json_decode(frame["text"], dtype)
     values = structs.struct.unnest()
     values = values.rename({k: _JSON + k for k in values.columns}).with_columns(frame.select(_META))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -169,6 +169,12 @@ class FormatSet:
 
     def with_formats(self, *formats: Format) -> FormatSet:
         return FormatSet(_dedupe((*formats, *self.formats)))
+
+
+def json_keys(formats: Sequence[Format]) -> list[str]:
+    """Every key of the JSON ``formats``, each once, in their order: the struct one
+    ``str.json_decode`` of a chunk declares."""
+    return list(dict.fromkeys(f.key for fmt in formats for f in fmt.fields))
 
 
 # The order TEXT generations are tried in: the most common first.

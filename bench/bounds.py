@@ -27,9 +27,7 @@ import argparse
 import exporter_vs_mtail
 from run import POLARS_FLOOR, PY, WSLOG, measure
 
-from analyzer.formats import default_formats
-
-INTEGERS = ("bytes_received", "bytes_sent", "duration", "response_code", "upstream_service_time")
+from analyzer.formats import ValueType, default_formats, json_keys
 
 COMMON = """
 import sys, threading, queue, polars as pl
@@ -131,8 +129,9 @@ def main() -> None:
     parser.add_argument("--block-mib", type=int, default=8, help="the bounded stand-in's blocks")
     args = parser.parse_args()
     data = exporter_vs_mtail.corpus(args.lines, "json")
-    keys = list(dict.fromkeys(f.key for fmt in default_formats().json for f in fmt.fields))
-    stand_in = [str(data), ",".join(keys), ",".join(INTEGERS)]
+    formats = default_formats().json
+    integers = {f.key for fmt in formats for f in fmt.fields if f.value_type is ValueType.INT}
+    stand_in = [str(data), ",".join(json_keys(formats)), ",".join(sorted(integers))]
     runs = {
         "polars floor (baseline)": [PY, "-c", POLARS_FLOOR, str(data)],
         "whole: one lazy query": [PY, "-c", WHOLE, *stand_in],
